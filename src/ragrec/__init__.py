@@ -1,0 +1,27 @@
+"""ragrec: recommendation with a language model grounded by retrieval.
+
+Parts (sub-packages): ``data`` (interactions, items, splits), ``retrieval`` (candidate
+retrievers over FAISS), ``prompts`` (scenario/task templates), ``inference`` (the LLM stage),
+``finetune`` (LoRA training) and ``eval`` (metrics and reports).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ragrec.errors import CacheError, DataFormatError, DownloadError, RagrecError, UnknownNameError
+from ragrec.types import Item, UserHistory
+
+try:
+    __version__ = version("ragrec")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CacheError",
+    "DataFormatError",
+    "DownloadError",
+    "Item",
+    "RagrecError",
+    "UnknownNameError",
+    "UserHistory",
+    "__version__",
+]

@@ -1,0 +1,48 @@
+"""The ``ragrec`` command line. Entry points stay thin: parse, build objects, call library code."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ragrec.cli.data import app as data_app
+from ragrec.errors import RagrecError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ragrec",
+    help="Recommendation with a language model grounded by retrieval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _root() -> None:
+    """Recommendation with a language model grounded by retrieval."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a :class:`RagrecError` becomes one line on stderr and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except RagrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,1 @@
+"""Metrics, evaluation protocol and reports (see issue #3)."""

@@ -1,0 +1,1 @@
+"""Candidate retrieval: encoders, FAISS item indexes and retrievers (see issue #3)."""

@@ -1,0 +1,55 @@
+"""Typed records that every part of ragrec passes around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Item", "UserHistory"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog item. Only ``item_id`` is required; text fields are ``None`` when unknown."""
+
+    item_id: str
+    title: str | None = None
+    year: int | None = None
+    categories: tuple[str, ...] = ()
+    brand: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """A user's interactions in chronological order (oldest first).
+
+    ``item_ids``, ``timestamps`` and ``ratings`` are parallel tuples of equal length; ``ratings``
+    holds ``None`` where the source has no rating.
+    """
+
+    user_id: str
+    item_ids: tuple[str, ...]
+    timestamps: tuple[int, ...] = field(default=())
+    ratings: tuple[float | None, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        if self.timestamps and len(self.timestamps) != n:
+            raise ValueError(f"timestamps has {len(self.timestamps)} entries, item_ids {n}")
+        if self.ratings and len(self.ratings) != n:
+            raise ValueError(f"ratings has {len(self.ratings)} entries, item_ids {n}")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def last(self, n: int) -> UserHistory:
+        """The most recent ``n`` interactions (all of them when ``n`` >= the length)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        start = max(len(self.item_ids) - n, 0)
+        return UserHistory(
+            self.user_id,
+            self.item_ids[start:],
+            self.timestamps[start:],
+            self.ratings[start:],
+        )

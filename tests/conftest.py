@@ -1,0 +1,181 @@
+"""Fixtures: one tiny synthetic dataset written out in every format ragrec reads.
+
+The same interactions (USERS x their items, with a tie at one user's last timestamp) appear in
+each format, so loaders can be checked against one expectation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ragrec import paths
+
+# The cache the user (or CI) really has, read before any test redirects RAGREC_HOME.
+REAL_HOME = paths.home()
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+TITLES = {
+    "1": ("Toy Story", 1995, ["Animation", "Comedy"]),
+    "2": ("GoldenEye", 1995, ["Action"]),
+    "3": ("Usual Suspects, The", 1995, ["Crime", "Thriller"]),
+    "4": ("Amélie", 2001, ["Comedy", "Romance"]),
+    "5": ("Heat", 1995, ["Action", "Crime"]),
+    "6": ("Alien", 1979, ["Horror", "Sci-Fi"]),
+    "7": ("Fargo", 1996, ["Crime", "Drama"]),
+    "8": ("Clueless", 1995, ["Comedy"]),
+}
+# user -> [(item, rating, timestamp)], in file order. User 2's last two share a timestamp:
+# file order decides which one is the test item.
+INTERACTIONS = {
+    "1": [("1", 5, 100), ("2", 3, 110), ("3", 4, 120), ("4", 2, 130), ("5", 5, 140)],
+    "2": [("6", 4, 200), ("1", 1, 210), ("7", 5, 220), ("8", 4, 230), ("2", 3, 230)],
+    "3": [("3", 5, 300), ("5", 4, 310), ("6", 2, 320), ("7", 4, 330)],
+    "4": [("8", 5, 400), ("4", 4, 410), ("1", 3, 420)],
+    "5": [("2", 4, 500), ("3", 5, 510)],
+}
+N_INTERACTIONS = sum(len(v) for v in INTERACTIONS.values())
+
+
+def rows():
+    for user, events in INTERACTIONS.items():
+        for item, rating, ts in events:
+            yield user, item, rating, ts
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache: no test reads or writes the user's."""
+    monkeypatch.setenv("RAGREC_HOME", str(tmp_path_factory.mktemp("ragrec-home")))
+
+
+@pytest.fixture
+def ml100k_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "ml-100k"
+    d.mkdir()
+    (d / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows()))
+    genres = ["unknown", "Action", "Animation", "Comedy", "Crime", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller"]
+    (d / "u.genre").write_text("".join(f"{g}|{k}\n" for k, g in enumerate(genres)))
+    lines = []
+    for item, (title, year, cats) in TITLES.items():
+        flags = "|".join("1" if g in cats else "0" for g in genres)
+        lines.append(f"{item}|{title} ({year})|01-Jan-{year}||http://x|{flags}\n")
+    (d / "u.item").write_bytes("".join(lines).encode("latin-1"))
+    (d / "u.user").write_text("".join(f"{u}|30|F|other|0000{u}\n" for u in INTERACTIONS))
+    return d
+
+
+@pytest.fixture
+def ml_dat_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "ml-1m"
+    d.mkdir()
+    with gzip.open(d / "ratings.dat.gz", "wt", encoding="latin-1") as f:
+        f.writelines(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows())
+    movies = "".join(f"{i}::{t} ({y})::{'|'.join(c)}\n" for i, (t, y, c) in TITLES.items())
+    (d / "movies.dat").write_bytes(movies.encode("latin-1"))
+    (d / "users.dat").write_text("".join(f"{u}::M::25::7::1234{u}\n" for u in INTERACTIONS))
+    return d
+
+
+@pytest.fixture
+def ml_csv_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "ml-latest-small"
+    d.mkdir()
+    (d / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in rows())
+    )
+    movies = "movieId,title,genres\n" + "".join(f'{i},"{t} ({y})",{"|".join(c)}\n' for i, (t, y, c) in TITLES.items())
+    (d / "movies.csv").write_text(movies, encoding="utf-8")
+    return d
+
+
+@pytest.fixture
+def recbole_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "tiny.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows())
+    )
+    (d / "tiny.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "".join(f"{i}\t{t}\t{y}\t{' '.join(c)}\n" for i, (t, y, c) in TITLES.items())
+    )
+    (d / "tiny.user").write_text("user_id:token\tage:token\n" + "".join(f"{u}\t3{u}\n" for u in INTERACTIONS))
+    return d
+
+
+@pytest.fixture
+def recbole_seq_dir(tmp_path: Path) -> Path:
+    """The LLMRank form: history list + last item per user, titles in a .item file."""
+    d = tmp_path / "Games"
+    d.mkdir()
+    lines = ["user_id:token\titem_id_list:token_seq\titem_id:token\n"]
+    for u, events in INTERACTIONS.items():
+        items = [i for i, _, _ in events]
+        lines.append(f"{u}\t{' '.join(items[:-1])}\t{items[-1]}\n")
+    (d / "Games.test.inter").write_text("".join(lines))
+    (d / "Games.item").write_text(
+        "item_id:token\ttitle:token_seq\n" + "".join(f"{i}\t{t} &amp; co\n" for i, (t, _, _) in TITLES.items())
+    )
+    return d
+
+
+@pytest.fixture
+def sequence_file(tmp_path: Path) -> Path:
+    p = tmp_path / "sequential_data.txt"
+    p.write_text("".join(f"{u} {' '.join(i for i, _, _ in ev)}\n" for u, ev in INTERACTIONS.items()))
+    return p
+
+
+@pytest.fixture
+def amazon_dir(tmp_path: Path) -> Path:
+    """2014 layout: strict-JSON reviews, Python-literal meta lines, both gzipped."""
+    d = tmp_path / "amazon"
+    d.mkdir()
+    with gzip.open(d / "reviews_Tiny_5.json.gz", "wt") as f:
+        for u, i, r, t in rows():
+            obj = {"reviewerID": f"U{u}", "asin": f"B{i}", "overall": float(r), "unixReviewTime": t,
+                   "reviewText": f"review of {i} by {u}", "summary": "ok"}  # fmt: skip
+            f.write(json.dumps(obj) + "\n")
+    with gzip.open(d / "meta_Tiny.json.gz", "wt") as f:
+        for i, (t, _, c) in TITLES.items():
+            obj = {"asin": f"B{i}", "title": t, "categories": [["Movies", *c]], "brand": "Acme", "description": "desc"}
+            f.write(repr(obj) + "\n")  # Python literal, as the 2014 meta dumps are
+    return d
+
+
+@pytest.fixture
+def tabular_mapping(tmp_path: Path) -> Path:
+    d = tmp_path / "shop"
+    d.mkdir()
+    (d / "events.csv").write_text(
+        "customer,product,stars,when\n"
+        + "".join(f"{u},{i},{r},2024-01-01T00:{t // 60:02d}:{t % 60:02d}Z\n" for u, i, r, t in rows())
+    )
+    (d / "products.jsonl").write_text(
+        "".join(json.dumps({"sku": i, "name": t, "tags": c}) + "\n" for i, (t, _, c) in TITLES.items())
+    )
+    mapping = d / "mapping.yaml"
+    mapping.write_text(
+        "interactions:\n  path: events.csv\n"
+        "  columns: {user_id: customer, item_id: product, rating: stars, timestamp: when}\n"
+        "  timestamp_format: datetime\n"
+        "items:\n  path: products.jsonl\n  columns: {item_id: sku, title: name, categories: tags}\n"
+    )
+    return mapping
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run ``python -m ragrec`` in a subprocess (as a user would); returns (code, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragrec", *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300
+    )
+    return proc.returncode, proc.stdout, proc.stderr
