@@ -70,8 +70,21 @@ def _lenient_year(value: Any) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def unique_items(items: pd.DataFrame, path: str | PathLike[str], line_numbers: Sequence[int]) -> pd.DataFrame:
-    """Drop exact duplicate item rows; a repeated id with a different title is an error."""
+LINE = "_line"  # column read_delimited adds with each row's file line
+
+
+def unique_items(
+    items: pd.DataFrame, path: str | PathLike[str], line_numbers: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Drop exact duplicate item rows; a repeated id with a different title is an error.
+
+    Line numbers come from ``line_numbers`` or the ``_line`` column (which is dropped).
+    """
+    if LINE in items:
+        line_numbers = items[LINE].to_numpy()
+        items = items.drop(columns=[LINE])
+    if line_numbers is None:
+        line_numbers = np.arange(len(items)) + 2
     ids = items[S.ITEM_ID].astype(str)
     repeated = ids.duplicated(keep=False)
     if not repeated.any():
@@ -142,9 +155,8 @@ def load_movielens_100k(
     item_file = _find(folder, "u.item", what="u.item")
     cols = [Column(S.ITEM_ID, source=0), Column(S.TITLE, source=1, required=False)]
     cols += [Column(f"g{i}", "int", source=5 + i) for i in range(len(genres))]
-    raw = read_delimited(item_file, cols, sep="|", header=False, encoding="latin-1",
+    raw = read_delimited(item_file, cols, sep="|", header=False, encoding="latin-1", line_column=LINE,
                          fields_hint=f"id|title|release|video release|url|{len(genres)} genre flags")  # fmt: skip
-    lines = raw.attrs["lines"]
     flags = raw[[f"g{i}" for i in range(len(genres))]].to_numpy()
     title_year = [split_title_year(t) for t in raw[S.TITLE]]
     items = pd.DataFrame(
@@ -153,9 +165,10 @@ def load_movielens_100k(
             S.TITLE: [t for t, _ in title_year],
             S.YEAR: [y for _, y in title_year],
             S.CATEGORIES: [[g for g, f in zip(genres, row) if f] for row in flags],
+            LINE: raw[LINE],
         }
     )
-    items = unique_items(items, item_file, lines)
+    items = unique_items(items, item_file)
     users = None
     user_file = _find(folder, "u.user", required=False)
     if user_file is not None:
@@ -171,7 +184,7 @@ def load_movielens_100k(
     )  # fmt: skip
 
 
-def _movies_items(movies: pd.DataFrame, path: Path, lines: Sequence[int]) -> pd.DataFrame:
+def _movies_items(movies: pd.DataFrame, path: Path) -> pd.DataFrame:
     title_year = [split_title_year(t) for t in movies[S.TITLE]]
     items = pd.DataFrame(
         {
@@ -181,9 +194,10 @@ def _movies_items(movies: pd.DataFrame, path: Path, lines: Sequence[int]) -> pd.
             S.CATEGORIES: [
                 [g for g in (genres or "").split("|") if g and g != "(no genres listed)"] for genres in movies["genres"]
             ],
+            LINE: movies[LINE],
         }
     )
-    return unique_items(items, path, lines)
+    return unique_items(items, path)
 
 
 @FORMATS.decorator("movielens-dat")
@@ -203,9 +217,9 @@ def load_movielens_dat(
     movies = read_delimited(
         movies_file,
         [Column(S.ITEM_ID, source=0), Column(S.TITLE, source=1), Column("genres", source=2, required=False)],
-        sep="::", header=False, encoding="latin-1", fields_hint="id::title::genres",
+        sep="::", header=False, encoding="latin-1", fields_hint="id::title::genres", line_column=LINE,
     )  # fmt: skip
-    items = _movies_items(movies, movies_file, movies.attrs["lines"])
+    items = _movies_items(movies, movies_file)
     users = None
     users_file = _find(folder, "users.dat", required=False)
     if users_file is not None:
@@ -239,9 +253,9 @@ def load_movielens_csv(
         movies_file,
         [Column(S.ITEM_ID, source="movieId"), Column(S.TITLE, source="title"),
          Column("genres", source="genres", required=False)],
-        sep=",", quoted=True,
+        sep=",", quoted=True, line_column=LINE,
     )  # fmt: skip
-    items = _movies_items(movies, movies_file, movies.attrs["lines"])
+    items = _movies_items(movies, movies_file)
     return InteractionData.from_frames(
         name, inter, items, scenario=scenario,
         info={"source": {"format": "movielens-csv", "path": str(folder)}},
@@ -341,13 +355,13 @@ def _recbole_items(item_file: Path) -> pd.DataFrame:
     cats = _first_present(fields, "categories", "class", "genre", "genres", "category")
     brand = _first_present(fields, "brand")
     cols = [Column(S.ITEM_ID)] + [Column(f, required=False) for f in (title, year, cats, brand) if f]
-    raw = read_delimited(item_file, cols, sep="\t", header_parser=_recbole_header)
-    items = pd.DataFrame({S.ITEM_ID: raw[S.ITEM_ID]})
+    raw = read_delimited(item_file, cols, sep="\t", header_parser=_recbole_header, line_column=LINE)
+    items = pd.DataFrame({S.ITEM_ID: raw[S.ITEM_ID], LINE: raw[LINE]})
     items[S.TITLE] = raw[title] if title else None
     items[S.YEAR] = [_lenient_year(v) for v in raw[year]] if year else None
     items[S.CATEGORIES] = [(v or "").split() for v in raw[cats]] if cats else None
     items[S.BRAND] = raw[brand] if brand else None
-    return unique_items(items, item_file, raw.attrs["lines"])
+    return unique_items(items, item_file)
 
 
 # ---------------------------------------------------------------------------------- Amazon
@@ -469,8 +483,8 @@ def load_sequence(
             item_frame = _recbole_items(items)
         else:
             raw = read_delimited(items, [Column(S.ITEM_ID, source=0), Column(S.TITLE, source=1)],
-                                 sep="\t", header=False, fields_hint="item_id<TAB>title")  # fmt: skip
-            item_frame = unique_items(raw, items, raw.attrs["lines"])
+                                 sep="\t", header=False, fields_hint="item_id<TAB>title", line_column=LINE)  # fmt: skip
+            item_frame = unique_items(raw, items)
     return InteractionData.from_frames(
         name or path.stem, inter, item_frame, scenario=scenario,
         info={"source": {"format": "sequence", "path": str(path), "items": str(items) if items else None}},
@@ -574,7 +588,7 @@ def _read_table(
                                    ([x for x in str(v).split(table.list_separator) if x] if v is not None and v == v else []))  # fmt: skip
     else:
         sep = table.sep or ("\t" if ext in (".tsv", ".tab") else ",")
-        out = read_delimited(path, columns, sep=sep, quoted=True, encoding=table.encoding)
+        out = read_delimited(path, columns, sep=sep, quoted=True, encoding=table.encoding, line_column=LINE)
     if S.CATEGORIES in out and out[S.CATEGORIES].map(lambda v: isinstance(v, str) or v is None).all():
         out[S.CATEGORIES] = out[S.CATEGORIES].map(
             lambda v: [x.strip() for x in v.split(table.list_separator) if x.strip()] if v else []
@@ -587,7 +601,7 @@ def _read_table(
             raise DataFormatError(
                 path,
                 f"expected a date/time, got {out[S.TIMESTAMP].iloc[i]!r}",
-                line=i + 2,
+                line=int(out[LINE].iloc[i]) if LINE in out else i + 1,
                 column=table.columns[S.TIMESTAMP],
             )
         out[S.TIMESTAMP] = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
@@ -613,16 +627,20 @@ def load_tabular(
         mapping = mapping.model_copy(deep=True)
         mapping.interactions.path = str(path)
     kinds = {S.TIMESTAMP: "int", S.RATING: "float", S.YEAR: "int"}
-    inter = _read_table(mapping.interactions, _INTERACTION_FIELDS, (S.USER_ID, S.ITEM_ID), kinds)
+    inter = _read_table(mapping.interactions, _INTERACTION_FIELDS, (S.USER_ID, S.ITEM_ID), kinds).drop(
+        columns=[LINE], errors="ignore"
+    )
     if S.TIMESTAMP not in inter:
         inter[S.TIMESTAMP] = inter.groupby(S.USER_ID, sort=False).cumcount()
     items = None
     if mapping.items is not None:
         items = _read_table(mapping.items, _ITEM_FIELDS, (S.ITEM_ID,), kinds)
-        items = unique_items(items, mapping.items.path, items.attrs.get("lines", range(2, len(items) + 2)))
+        items = unique_items(items, mapping.items.path)
     users = None
     if mapping.users is not None:
-        users = _read_table(mapping.users, [S.USER_ID, *mapping.users.columns], (S.USER_ID,), {})
+        users = _read_table(mapping.users, [S.USER_ID, *mapping.users.columns], (S.USER_ID,), {}).drop(
+            columns=[LINE], errors="ignore"
+        )
     src = Path(mapping.interactions.path)
     return InteractionData.from_frames(
         name or src.name.split(".")[0], inter, items, users, scenario=scenario,

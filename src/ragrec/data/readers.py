@@ -139,6 +139,7 @@ def read_delimited(
     quoted: bool = False,
     header_parser: Callable[[str], str] | None = None,
     fields_hint: str | None = None,
+    line_column: str | None = None,
 ) -> pd.DataFrame:
     """Read a delimited text file into a DataFrame with exactly ``columns``, typed and validated.
 
@@ -201,7 +202,8 @@ def read_delimited(
 
     frame = pd.DataFrame({name: pd.Series(v, dtype=object) for name, v in values.items()})
     out = convert_columns(frame, [c for c in columns if c.name in positions], path, line_numbers)
-    out.attrs["lines"] = line_numbers  # file line of each row, for later error messages
+    if line_column is not None:
+        out[line_column] = np.asarray(line_numbers, dtype=np.int64)
     return out
 
 
