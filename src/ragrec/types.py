@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Item", "UserHistory"]
+__all__ = ["Candidate", "Item", "RetrievalResult", "UserHistory"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,30 @@ class UserHistory:
             self.timestamps[start:],
             self.ratings[start:],
         )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One retrieved item: its id, score (higher is better), 1-based rank and the producing source."""
+
+    item_id: str
+    score: float
+    rank: int
+    source: str
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """Candidates for one request, best first.
+
+    ``fallback`` is ``None`` when the requested retriever answered, else why another source did
+    (e.g. ``"unknown user 'u9': popularity"``), so a fallback is never silent.
+    """
+
+    user_id: str | None
+    candidates: tuple[Candidate, ...]
+    fallback: str | None = None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [c.item_id for c in self.candidates]

@@ -1,1 +1,25 @@
-"""Candidate retrieval: encoders, FAISS item indexes and retrievers (see issue #3)."""
+"""Candidate retrieval: encoders (SASRec, text, hybrid, popularity), FAISS item indexes, retrievers."""
+
+from ragrec.retrieval.base import ENCODERS, Encoder, load_encoder
+from ragrec.retrieval.hybrid import HybridEncoder
+from ragrec.retrieval.index import ItemIndex
+from ragrec.retrieval.popularity import PopularityEncoder
+from ragrec.retrieval.retriever import CandidateSource, Retriever
+from ragrec.retrieval.sasrec import SASRecConfig, SASRecEncoder, TrainReport
+from ragrec.retrieval.text import TextEncoder, TextEncoderConfig
+
+__all__ = [
+    "CandidateSource",
+    "ENCODERS",
+    "Encoder",
+    "HybridEncoder",
+    "ItemIndex",
+    "PopularityEncoder",
+    "Retriever",
+    "SASRecConfig",
+    "SASRecEncoder",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "TrainReport",
+    "load_encoder",
+]

@@ -1,0 +1,111 @@
+"""The encoder interface every retriever is built on, and its registry.
+
+An :class:`Encoder` maps catalog items and user histories into one vector space in which a
+higher inner product means a better match: ``score(history, item) = query . item_vector``. That
+single contract lets every encoder be searched by the same FAISS index.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ragrec.errors import CacheError
+from ragrec.io import atomic_directory, atomic_write_text, sha256_file
+from ragrec.registry import Registry
+
+__all__ = ["Encoder", "ENCODERS", "load_encoder"]
+
+ENCODERS: Registry[type[Encoder]] = Registry("encoder")
+_CONFIG = "encoder.json"
+_WEIGHTS = "weights.safetensors"
+
+
+class Encoder(ABC):
+    """Maps items and histories to vectors; implementers provide the four abstract methods.
+
+    ``item_ids`` is the catalog, in the order of the rows of :meth:`item_embeddings`. A history
+    item that is not in the catalog is ignored by :meth:`encode_histories` (an empty history is
+    allowed: the encoder decides what it means, e.g. popularity).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, item_ids: Sequence[str]) -> None:
+        self.item_ids = list(item_ids)
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        if len(self.item_index) != len(self.item_ids):
+            raise ValueError("item_ids contains duplicates")
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_embeddings().shape[1])
+
+    @abstractmethod
+    def item_embeddings(self) -> np.ndarray:
+        """(N, d) float32: one row per catalog item."""
+
+    @abstractmethod
+    def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(B, d) float32 query vectors for B histories (each oldest first)."""
+
+    @abstractmethod
+    def _config(self) -> dict[str, Any]:
+        """JSON-serialisable settings that, with :meth:`_tensors`, rebuild the encoder."""
+
+    @abstractmethod
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Named tensors to save (weights, embeddings)."""
+
+    @classmethod
+    @abstractmethod
+    def _rebuild(cls, item_ids: list[str], config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Encoder:
+        """Inverse of :meth:`_config` + :meth:`_tensors`."""
+
+    def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(B, N) exact scores of every catalog item for each history."""
+        return self.encode_histories(histories) @ self.item_embeddings().T
+
+    def indices(self, items: Sequence[str]) -> list[int]:
+        """Catalog rows of ``items``; ids not in the catalog are skipped."""
+        return [self.item_index[i] for i in items if i in self.item_index]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | PathLike[str]) -> Path:
+        """Write ``encoder.json`` + ``weights.safetensors`` to folder ``path`` atomically."""
+        path = Path(path)
+        with atomic_directory(path) as staging:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
+            save_file(tensors, str(staging / _WEIGHTS))
+            meta = {
+                "kind": self.kind,
+                "config": self._config(),
+                "item_ids": self.item_ids,
+                "weights_sha256": sha256_file(staging / _WEIGHTS),
+            }
+            atomic_write_text(staging / _CONFIG, json.dumps(meta) + "\n")
+        return path
+
+
+def load_encoder(path: str | PathLike[str]) -> Encoder:
+    """Load an encoder saved by :meth:`Encoder.save`, whatever its kind."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / _CONFIG).read_text("utf-8"))
+    except FileNotFoundError:
+        raise CacheError(f"{path}: not a saved encoder (no {_CONFIG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path / _CONFIG}: corrupt ({e})") from None
+    weights = path / _WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
+        raise CacheError(f"{weights}: missing or checksum mismatch; train the encoder again")
+    cls = ENCODERS.get(meta["kind"])
+    return cls._rebuild(meta["item_ids"], meta["config"], load_file(str(weights)))

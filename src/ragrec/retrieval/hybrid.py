@@ -1,0 +1,127 @@
+"""Hybrid: weighted fusion of several encoders' scores, searchable by one FAISS index.
+
+``score(user, item) = sum_i w_i * score_i(user, item)`` is realised by concatenating
+``sqrt(w_i) * item_vector_i`` on the item side and ``sqrt(w_i) * query_i`` on the query side.
+Items that a collaborative part never saw in training (cold items) get a zero vector in that
+part, so they are ranked by the other parts (e.g. text) alone: new items with text but no
+interactions are retrievable. Weights are chosen on validation targets with :meth:`tune`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ragrec.retrieval.base import ENCODERS, Encoder
+
+__all__ = ["HybridEncoder"]
+
+
+@ENCODERS.decorator("hybrid")
+class HybridEncoder(Encoder):
+    """Fusion of ``parts`` with non-negative ``weights`` (see module docstring).
+
+    ``cold`` maps a part's position to the catalog rows it cannot score (zeroed in that part).
+    Every part must share the same catalog (``item_ids``).
+    """
+
+    kind = "hybrid"
+
+    def __init__(
+        self,
+        parts: Sequence[Encoder],
+        weights: Sequence[float],
+        cold: Mapping[int, Sequence[int]] | None = None,
+    ) -> None:
+        if not parts or len(parts) != len(weights):
+            raise ValueError(f"need one weight per part, got {len(parts)} parts and {len(weights)} weights")
+        if any(w < 0 for w in weights):
+            raise ValueError(f"weights must be >= 0, got {list(weights)}")
+        for p in parts[1:]:
+            if p.item_ids != parts[0].item_ids:
+                raise ValueError(f"part {p.kind!r} has another catalog than part {parts[0].kind!r}")
+        super().__init__(parts[0].item_ids)
+        self.parts = list(parts)
+        self.weights = [float(w) for w in weights]
+        self.cold = {int(k): sorted(int(r) for r in v) for k, v in (cold or {}).items()}
+        self._items: np.ndarray | None = None
+
+    def item_embeddings(self) -> np.ndarray:
+        if self._items is None:
+            blocks = []
+            for i, (part, w) in enumerate(zip(self.parts, self.weights)):
+                emb = part.item_embeddings().astype(np.float32) * np.sqrt(w)
+                if self.cold.get(i):
+                    emb = emb.copy()
+                    emb[self.cold[i]] = 0.0
+                blocks.append(emb)
+            self._items = np.hstack(blocks)
+        return self._items
+
+    def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        return np.hstack([p.encode_histories(histories) * np.sqrt(w) for p, w in zip(self.parts, self.weights)]).astype(
+            np.float32
+        )
+
+    def with_weights(self, weights: Sequence[float]) -> HybridEncoder:
+        return HybridEncoder(self.parts, weights, self.cold)
+
+    @classmethod
+    def tune(
+        cls,
+        parts: Sequence[Encoder],
+        histories: Sequence[Sequence[str]],
+        targets: Sequence[str],
+        grid: Sequence[Sequence[float]],
+        *,
+        cold: Mapping[int, Sequence[int]] | None = None,
+        metric: str = "ndcg@10",
+    ) -> tuple[HybridEncoder, list[tuple[tuple[float, ...], float]]]:
+        """Pick the weights (one value list per part, all combinations tried) that maximise
+        ``metric`` on validation ``targets`` given ``histories`` (seen items masked).
+
+        Returns the best encoder and every (weights, metric) tried. Weight 1 of the first part is
+        fixed by the grid the caller gives (pass ``[[1.0], [...], ...]``).
+        """
+        from ragrec.ranking import per_user, target_ranks
+
+        hybrid = cls(parts, [1.0] * len(parts), cold)
+        per_part = []
+        for i, part in enumerate(parts):
+            single = cls([part], [1.0], {0: hybrid.cold.get(i, [])})
+            per_part.append(torch.from_numpy(single.scores(histories)))  # (B, N)
+        mask = torch.zeros_like(per_part[0], dtype=torch.bool)
+        for row, h in enumerate(histories):
+            mask[row, hybrid.indices(h)] = True
+        target_rows = torch.tensor([hybrid.item_index[t] for t in targets])
+        tried = []
+        for combo in itertools.product(*grid):
+            scores = sum(w * s for w, s in zip(combo, per_part))
+            ranks = target_ranks(scores, target_rows, mask).numpy()
+            tried.append((tuple(float(w) for w in combo), float(per_user(ranks, metric).mean())))
+        best = max(tried, key=lambda t: t[1])[0]
+        return hybrid.with_weights(best), tried
+
+    # -- persistence
+    def _config(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "cold": {str(k): v for k, v in self.cold.items()},
+            "parts": [{"kind": p.kind, "config": p._config()} for p in self.parts],
+        }
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {f"part{i}.{name}": t for i, p in enumerate(self.parts) for name, t in p._tensors().items()}
+
+    @classmethod
+    def _rebuild(cls, item_ids: list[str], config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> HybridEncoder:
+        parts = []
+        for i, spec in enumerate(config["parts"]):
+            prefix = f"part{i}."
+            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            parts.append(ENCODERS.get(spec["kind"])._rebuild(item_ids, spec["config"], own))
+        return cls(parts, config["weights"], {int(k): v for k, v in config["cold"].items()})
