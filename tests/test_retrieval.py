@@ -258,3 +258,18 @@ def test_two_stage_eval_counts_misses(walk_data, sasrec):
     np.testing.assert_array_equal(staged.ranks[inside], full.ranks[inside])
     assert np.isinf(staged.ranks[~inside]).all()
     assert staged.metrics()["recall@10"] == pytest.approx(full.metrics()["recall@10"] if False else inside.mean())
+
+
+def test_fast_scores_equal_vector_form(walk_data, sasrec):
+    """Hybrid and EASE compute scores part by part / sparsely; FAISS uses the concatenated
+    vectors. Both forms must give the same numbers."""
+    from ragrec.retrieval import EASEConfig, EASEEncoder
+
+    enc, _ = sasrec
+    ease = EASEEncoder.fit(walk_data, EASEConfig(l2=10.0, decay=0.7))
+    text = TextEncoder.fit(walk_data, embedder=hash_embedder)
+    hybrid = HybridEncoder([enc, ease, text], [1.0, 2.0, 0.5], {0: [walk_data.item_ids().index("new")]})
+    hist = [["1", "2", "3", "2"], ["new"], [], ["5"]]
+    for e in (ease, hybrid):
+        dense = e.encode_histories(hist) @ e.item_embeddings().T
+        np.testing.assert_allclose(e.scores(hist), dense, rtol=1e-4, atol=1e-4)

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ragrec.cli.data import app as data_app
+from ragrec.cli.retrieval import eval_app, index_app, retriever_app
 from ragrec.errors import RagrecError
 
 __all__ = ["app", "main"]
@@ -19,6 +20,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(retriever_app, name="retriever")
+app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()

@@ -1,6 +1,7 @@
 """Candidate retrieval: encoders (SASRec, text, hybrid, popularity), FAISS item indexes, retrievers."""
 
 from ragrec.retrieval.base import ENCODERS, Encoder, load_encoder
+from ragrec.retrieval.ease import EASEConfig, EASEEncoder
 from ragrec.retrieval.hybrid import HybridEncoder
 from ragrec.retrieval.index import ItemIndex
 from ragrec.retrieval.popularity import PopularityEncoder
@@ -10,6 +11,8 @@ from ragrec.retrieval.text import TextEncoder, TextEncoderConfig
 
 __all__ = [
     "CandidateSource",
+    "EASEConfig",
+    "EASEEncoder",
     "ENCODERS",
     "Encoder",
     "HybridEncoder",

@@ -67,6 +67,19 @@ class HybridEncoder(Encoder):
             np.float32
         )
 
+    def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(B, N) fused scores, computed part by part (same values as the concatenated vectors,
+        without materialising wide queries such as EASE's)."""
+        total = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
+        for i, (part, w) in enumerate(zip(self.parts, self.weights)):
+            if w == 0:
+                continue
+            s = part.scores(histories)
+            if self.cold.get(i):
+                s[:, self.cold[i]] = 0.0
+            total += w * s
+        return total
+
     def with_weights(self, weights: Sequence[float]) -> HybridEncoder:
         return HybridEncoder(self.parts, weights, self.cold)
 
@@ -92,8 +105,9 @@ class HybridEncoder(Encoder):
         hybrid = cls(parts, [1.0] * len(parts), cold)
         per_part = []
         for i, part in enumerate(parts):
-            single = cls([part], [1.0], {0: hybrid.cold.get(i, [])})
-            per_part.append(torch.from_numpy(single.scores(histories)))  # (B, N)
+            s = part.scores(histories)  # (B, N)
+            s[:, hybrid.cold.get(i, [])] = 0.0
+            per_part.append(torch.from_numpy(s))
         mask = torch.zeros_like(per_part[0], dtype=torch.bool)
         for row, h in enumerate(histories):
             mask[row, hybrid.indices(h)] = True

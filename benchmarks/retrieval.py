@@ -1,0 +1,376 @@
+"""Retrieval benchmark: every figure of the retrieval issue.
+
+    python benchmarks/retrieval.py                       # all parts (hours on 2 CPU cores)
+    python benchmarks/retrieval.py --parts ml-100k faiss  # some parts
+    python benchmarks/retrieval.py --report-only          # rebuild the report from saved parts
+
+Each part writes benchmarks/results/retrieval_parts/<part>.json (rows + per-user test ranks);
+the report step merges them into benchmarks/results/retrieval.json (a list of rows: dataset,
+system, split, recall@10, recall@20, ndcg@10, ndcg@20, mrr@10, ...), retrieval.md and
+retrieval_recall.png. Protocol: PROTOCOL.md (leave-one-out, full ranking, history masked,
+pessimistic ties); every model choice (epochs, EASE l2/decay, fusion weights) on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ragrec import schema as S
+from ragrec.data import InteractionData, PreprocessConfig, leave_one_out, load_raw, preprocess, pull, split_from_file
+from ragrec.eval import EvalResult, evaluate_encoder, evaluate_retriever
+from ragrec.eval.protocol import eval_users
+from ragrec.eval.report import compare, markdown_table, recall_curve
+from ragrec.retrieval import (
+    EASEConfig,
+    EASEEncoder,
+    HybridEncoder,
+    PopularityEncoder,
+    Retriever,
+    SASRecConfig,
+    SASRecEncoder,
+    TextEncoder,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PARTS = RESULTS / "retrieval_parts"
+SHARED = HERE.parents[1] / "shared"
+DATA = SHARED / "data"
+PEERS = SHARED / "peers" / "recbole"
+
+# Quoted from PROTOCOL.md (no per-user ranks published): history-masked rows only.
+QUOTED = [
+    {"dataset": "ml-100k", "system": "RecBole Pop (quoted)", "split": "test", "recall@10": 0.0710, "ndcg@10": 0.0354, "mrr@10": 0.0246, "recall@20": 0.1177, "ndcg@20": 0.0473},
+    {"dataset": "ml-100k", "system": "RecBole BPR (quoted)", "split": "test", "recall@10": 0.1241, "ndcg@10": 0.0673, "mrr@10": 0.0502, "recall@20": 0.1951, "ndcg@20": 0.0850},
+    {"dataset": "beauty", "system": "SASRec-CE (quoted, phonism/genrec)", "split": "test", "recall@10": 0.0851, "ndcg@10": 0.0421},
+]  # fmt: skip
+
+
+def load_ml100k() -> InteractionData:
+    data = pull("ml-100k").data
+    return split_from_file(data, PEERS / "ml100k_loo_split.csv")
+
+
+def load_ml1m() -> InteractionData:
+    data = load_raw("movielens-dat", DATA / "movielens-1m", name="ml-1m")
+    return leave_one_out(preprocess(data, PreprocessConfig(min_rating=4)))
+
+
+def load_games() -> InteractionData:
+    return leave_one_out(load_raw("recbole", DATA / "amazon-videogames-llmrank" / "Games.test.inter", name="games"))
+
+
+def load_beauty() -> InteractionData:
+    return leave_one_out(
+        load_raw("sequence", DATA / "amazon-p5-beauty-sports-toys" / "beauty" / "sequential_data.txt", name="beauty")
+    )
+
+
+# Per dataset: loader, SASRec settings, whether item text exists, EASE l2 grid.
+SPECS = {
+    "ml-100k": (
+        load_ml100k,
+        dict(max_len=50, batch_size=16, dropout=0.5, epochs=100, patience=15),
+        True,
+        (300, 1000, 3000),
+    ),
+    "ml-1m": (load_ml1m, dict(max_len=200, batch_size=32, dropout=0.2, epochs=30, patience=5), True, (1000, 3000)),
+    "games": (
+        load_games,
+        dict(max_len=50, batch_size=64, dropout=0.5, epochs=30, patience=5, negatives=2048),
+        True,
+        (300, 1000),
+    ),
+    "beauty": (
+        load_beauty,
+        dict(max_len=50, batch_size=64, dropout=0.5, epochs=30, patience=5, negatives=2048),
+        False,
+        (300, 1000),
+    ),
+}
+DECAYS = (1.0, 0.9, 0.8, 0.6)
+FUSION_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+TUNE_USERS = 5000
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _valid_ndcg(enc, data) -> float:
+    return evaluate_encoder(enc, data, split=S.VALID).metrics()["ndcg@10"]
+
+
+def run_dataset(name: str) -> dict:
+    loader, sas_kwargs, has_text, l2_grid = SPECS[name]
+    t0 = time.perf_counter()
+    data = loader()
+    stats = data.stats()
+    _log(f"{name}: {stats.users} users, {stats.items} items, {stats.interactions} interactions, split {stats.split}")
+    results: dict[str, EvalResult] = {}
+    info: dict[str, dict] = {}
+    counts = PopularityEncoder.fit(data).counts
+    cold_rows = [int(r) for r in np.flatnonzero(counts == 0)]
+
+    pop = PopularityEncoder.fit(data)
+    results["Popularity"] = evaluate_encoder(pop, data, system="Popularity")
+
+    # EASE: fit once per l2; decay only changes the query, so it is chosen without refitting.
+    best_ease, best_v = None, -1.0
+    for l2 in l2_grid:
+        start = time.perf_counter()
+        base = EASEEncoder.fit(data, EASEConfig(l2=l2))
+        fit_s = time.perf_counter() - start
+        for decay in DECAYS:
+            enc = EASEEncoder(base.item_ids, base.weights, EASEConfig(l2=l2, decay=decay))
+            v = _valid_ndcg(enc, data)
+            _log(f"{name} EASE l2={l2} decay={decay}: valid ndcg@10 {v:.4f}")
+            if v > best_v:
+                best_ease, best_v = enc, v
+                info["EASE (recency)"] = {
+                    "l2": l2,
+                    "decay": decay,
+                    "valid_ndcg@10": round(v, 6),
+                    "fit_seconds": round(fit_s, 1),
+                }
+    results["EASE (recency)"] = evaluate_encoder(best_ease, data, system="EASE (recency)")
+
+    cfg = SASRecConfig(**sas_kwargs)
+    _log(f"{name}: training SASRec {cfg.model_dump()}")
+    sas, report = SASRecEncoder.fit(data, cfg, progress=True)
+    info["SASRec (ragrec)"] = {"config": cfg.model_dump(), "epochs_run": report.epochs_run, "best_epoch": report.best_epoch,
+                               "valid_ndcg@10": round(report.best_valid_ndcg10, 6), "train_seconds": round(report.train_seconds, 1),
+                               "refit_seconds": round(report.refit_seconds, 1)}  # fmt: skip
+    _log(f"{name}: SASRec {info['SASRec (ragrec)']}")
+    results["SASRec (ragrec)"] = evaluate_encoder(sas, data, system="SASRec (ragrec)")
+
+    parts, names = [sas, best_ease, pop], ["sasrec", "ease", "popularity"]
+    if has_text:
+        start = time.perf_counter()
+        text = TextEncoder.fit(data)
+        info["Text (MiniLM)"] = {"embed_seconds": round(time.perf_counter() - start, 1)}
+        results["Text (MiniLM)"] = evaluate_encoder(text, data, system="Text (MiniLM)")
+        parts.append(text)
+        names.append("text")
+    # Fusion weights on validation; SASRec is the unit, cold items are zero in the SASRec part.
+    _, hist, targets = eval_users(data, S.VALID)
+    if len(hist) > TUNE_USERS:  # big datasets: tune on a fixed random sample of validation users
+        pick = np.random.default_rng(0).choice(len(hist), TUNE_USERS, replace=False)
+        hist, targets = [hist[i] for i in pick], [targets[i] for i in pick]
+    grid = [[1.0]] + [list(FUSION_GRID)] * (len(parts) - 1)
+    hybrid, tried = HybridEncoder.tune(parts, hist, targets, grid, cold={0: cold_rows})
+    info["Hybrid"] = {"parts": names, "weights": hybrid.weights, "valid_ndcg@10": round(max(t[1] for t in tried), 6),
+                      "combinations_tried": len(tried)}  # fmt: skip
+    _log(f"{name}: hybrid {info['Hybrid']}")
+    results["Hybrid"] = evaluate_encoder(hybrid, data, system="Hybrid")
+
+    # The deployed path (FAISS Flat index, seen items excluded) must give the same candidates.
+    retriever = Retriever.build(hybrid, data)
+    staged = evaluate_retriever(retriever, data, k=20, system="Hybrid via FAISS")
+    full = results["Hybrid"]
+    info["Hybrid"]["faiss_candidate_recall@20"] = round(float((staged.ranks <= 20).mean()), 6)
+    info["Hybrid"]["faiss_matches_full_ranking_top20"] = bool(
+        np.array_equal(np.minimum(staged.ranks, 21), np.minimum(full.ranks, 21))
+    )
+
+    rows, curves, comparisons = [], {}, []
+    for system, res in results.items():
+        row = res.row()
+        row["candidate_recall@20"] = row["recall@20"]
+        row.update(
+            {
+                k: v
+                for k, v in info.get(system, {}).items()
+                if k in ("train_seconds", "refit_seconds", "best_epoch", "weights", "l2", "decay")
+            }
+        )
+        rows.append(row)
+        curves[system] = recall_curve(res.ranks).round(6).tolist()
+    for system in ("Hybrid", "EASE (recency)"):
+        c = compare(results[system], results["SASRec (ragrec)"])
+        comparisons.append({"name": f"{system} - SASRec (ragrec)", **vars(c)})
+    if name == "ml-100k":
+        peer = pd.read_csv(PEERS / "SASRec_converged_test_ranks.csv", dtype={"user_id": str})
+        peer_ranks = dict(zip(peer["user_id"], peer["rank_masked"].astype(float)))
+        users = results["Hybrid"].users
+        peer_res = EvalResult(
+            "RecBole SASRec (converged, per-user ranks)", name, S.TEST, users, np.array([peer_ranks[u] for u in users])
+        )
+        results["RecBole SASRec"] = peer_res
+        rows.append({**peer_res.row(), "source": "shared/peers/recbole/SASRec_converged_test_ranks.csv (rank_masked)"})
+        curves[peer_res.system] = recall_curve(peer_res.ranks).round(6).tolist()
+        for system in ("Hybrid", "EASE (recency)", "SASRec (ragrec)"):
+            c = compare(results[system], peer_res)
+            comparisons.append({"name": f"{system} - RecBole SASRec", **vars(c),
+                                "ratio": round(results[system].metrics()["ndcg@10"] / peer_res.metrics()["ndcg@10"], 4)})  # fmt: skip
+    part = {
+        "dataset": name,
+        "stats": stats.to_dict(),
+        "rows": rows,
+        "info": info,
+        "comparisons": comparisons,
+        "curves": curves,
+        "ranks": {s: [None if math.isinf(x) else int(x) for x in r.ranks] for s, r in results.items()},
+        "users": results["Hybrid"].users,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return part
+
+
+def run_faiss(n: int = 1_000_000, d: int = 64, queries: int = 1000, k: int = 100, seed: int = 0) -> dict:
+    """1M synthetic 64-d items (a Gaussian mixture, like learnt embeddings): HNSW and IVF against
+    exact search: recall@100 and single-query latency (p50/p95)."""
+    import faiss
+
+    from ragrec.retrieval import ItemIndex
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(1000, d)).astype(np.float32)
+    x = centers[rng.integers(0, 1000, n)] + 0.5 * rng.normal(size=(n, d)).astype(np.float32)
+    q = centers[rng.integers(0, 1000, queries)] + 0.5 * rng.normal(size=(queries, d)).astype(np.float32)
+    ids = [str(i) for i in range(n)]
+    _log("faiss: exact ground truth")
+    flat = faiss.IndexFlatIP(d)
+    flat.add(x)
+    _, truth = flat.search(q, k)
+    rows = []
+    faiss.omp_set_num_threads(1)  # latency of one query on one thread, as a server would see it
+    for factory, params in (
+        ("HNSW32", [{"efSearch": 128}, {"efSearch": 256}]),
+        ("IVF4096,Flat", [{"nprobe": 16}, {"nprobe": 64}]),
+    ):
+        start = time.perf_counter()
+        faiss.omp_set_num_threads(2)
+        index = ItemIndex(d, factory)
+        index.add(ids, x)
+        build_s = time.perf_counter() - start
+        faiss.omp_set_num_threads(1)
+        for p in params:
+            index.set_params(**p)
+            lat, found = [], []
+            for row in range(queries):
+                t = time.perf_counter()
+                _, got = index.search(q[row : row + 1], k)
+                lat.append((time.perf_counter() - t) * 1000)
+                found.append(got[0])
+            recall = float(
+                np.mean([len({int(i) for i in f} & set(truth[r].tolist())) / k for r, f in enumerate(found)])
+            )
+            row = {"dataset": f"synthetic-{n // 1000}k-{d}d", "system": f"{factory} {p}", "split": "-",
+                   f"recall@{k}_vs_exact": round(recall, 4), "p50_ms": round(float(np.median(lat)), 4),
+                   "p95_ms": round(float(np.percentile(lat, 95)), 4), "build_seconds": round(build_s, 1), "threads": 1}  # fmt: skip
+            _log(f"faiss: {row}")
+            rows.append(row)
+        del index
+    faiss.omp_set_num_threads(2)
+    return {"dataset": "faiss", "rows": rows}
+
+
+def report() -> None:
+    parts = {p.stem: json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))}
+    rows = []
+    for name in [*SPECS, "faiss"]:
+        if name in parts:
+            rows.extend(parts[name]["rows"])
+            if name != "faiss":
+                for c in parts[name]["comparisons"]:
+                    c["dataset"] = name
+    rows.extend(r for r in QUOTED if r["dataset"] in parts)
+    (RESULTS / "retrieval.json").write_text(json.dumps(rows, indent=2) + "\n")
+    md = ["# Retrieval benchmark", "",
+          "`python benchmarks/retrieval.py` on this machine "
+          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads). Protocol: PROTOCOL.md "
+          "(leave-one-out, full ranking over the catalog, history masked, pessimistic ties; ML-100K on the RecBole split file). "
+          "Model choices on validation targets only. Candidate recall@20 = share of users whose target is in the top 20.", ""]  # fmt: skip
+    for name in SPECS:
+        if name not in parts:
+            md += [f"## {name}", "", "not run (see `--parts`)", ""]
+            continue
+        part = parts[name]
+        s = part["stats"]
+        md += [f"## {name}", "", f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; split {s['split']}; "
+               f"whole part {part['seconds'] / 60:.1f} min.", ""]  # fmt: skip
+        md += [
+            markdown_table(
+                [r for r in rows if r["dataset"] == name],
+                keys=("recall@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20"),
+            ),
+            "",
+        ]
+        md += [
+            "| comparison (paired bootstrap, 1,000 resamples) | metric | difference | 95% CI | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for c in part["comparisons"]:
+            md.append(
+                f"| {c['name']} | {c['metric']} | {c['difference']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] | {c.get('ratio', '')} |"
+            )
+        md += ["", "Settings chosen on validation: " + json.dumps(part["info"], default=str), ""]
+    if "faiss" in parts:
+        md += [
+            "## FAISS at scale",
+            "",
+            "| index | recall@100 vs exact | p50 ms | p95 ms | build s |",
+            "|---|---|---|---|---|",
+        ]
+        for r in parts["faiss"]["rows"]:
+            md.append(
+                f"| {r['system']} | {r['recall@100_vs_exact']:.4f} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['build_seconds']} |"
+            )
+        md += ["", "One query at a time on one thread; 1,000 queries; exact top-100 by brute force.", ""]
+    _plot(parts)
+    md += ["![Recall@K](retrieval_recall.png)", ""]
+    (RESULTS / "retrieval.md").write_text("\n".join(md))
+    _log(f"wrote {RESULTS / 'retrieval.json'} ({len(rows)} rows) and retrieval.md")
+
+
+def _plot(parts: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in SPECS if n in parts]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for system, curve in parts[name]["curves"].items():
+            ax.plot(range(1, len(curve) + 1), curve, label=system)
+        ax.set_title(f"{name}: Recall@K (test, history masked)")
+        ax.set_xlabel("K")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "retrieval_recall.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Retrieval benchmark (see module docstring).")
+    parser.add_argument("--parts", nargs="*", default=[*SPECS, "faiss"], help=f"any of {[*SPECS, 'faiss']}")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    PARTS.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for name in args.parts:
+            if name not in SPECS and name != "faiss":
+                sys.exit(f"error: unknown part {name!r}; valid: {[*SPECS, 'faiss']}")
+            part = run_faiss() if name == "faiss" else run_dataset(name)
+            (PARTS / f"{name}.json").write_text(json.dumps(part) + "\n")
+            _log(f"saved part {name}")
+    report()
+
+
+if __name__ == "__main__":
+    main()

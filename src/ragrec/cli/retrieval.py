@@ -1,0 +1,144 @@
+"""``ragrec retriever ...``, ``ragrec index ...``, ``ragrec eval retriever``: train, index, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+retriever_app = typer.Typer(help="Train candidate-retrieval encoders.", no_args_is_help=True)
+index_app = typer.Typer(help="Build FAISS item indexes.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate systems under the protocol of PROTOCOL.md.", no_args_is_help=True)
+
+ENCODER_KINDS = "sasrec | text | popularity | hybrid"
+
+
+@retriever_app.command("train")
+def train_cmd(
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset (cache name or folder), with a split.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the encoder to.")],
+    encoder: Annotated[str, typer.Option(help=f"Encoder: {ENCODER_KINDS}.")] = "sasrec",
+    config: Annotated[Optional[Path], typer.Option(help="YAML settings (a section per encoder kind, or flat).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = [],  # noqa: B006
+    parts: Annotated[str, typer.Option(help="hybrid: saved encoder folders to fuse, comma-separated.")] = "",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Train (or embed) an encoder and save it; prints the validation NDCG@10 it reached."""
+    from ragrec.config import load_config
+    from ragrec.data import load_prepared
+    from ragrec.errors import RagrecError
+    from ragrec.retrieval import (
+        HybridEncoder,
+        PopularityEncoder,
+        SASRecConfig,
+        SASRecEncoder,
+        TextEncoder,
+        TextEncoderConfig,
+        load_encoder,
+    )
+
+    data = load_prepared(dataset)
+    if not data.has_split:
+        raise RagrecError(f"dataset {dataset!r} has no split; prepare it with --split")
+    summary: dict[str, object] = {"encoder": encoder, "dataset": data.name}
+    if encoder == "sasrec":
+        cfg = load_config(SASRecConfig, config, set_, section="sasrec")
+        enc, report = SASRecEncoder.fit(data, cfg, device=device)
+        summary.update(vars(report))
+    elif encoder == "text":
+        tcfg = load_config(TextEncoderConfig, config, set_, section="text")
+        with console.status("embedding item texts..."):
+            enc = TextEncoder.fit(data, tcfg)
+    elif encoder == "popularity":
+        enc = PopularityEncoder.fit(data)
+    elif encoder == "hybrid":
+        from ragrec import schema as S
+        from ragrec.eval.protocol import eval_users
+
+        loaded = [load_encoder(p.strip()) for p in parts.split(",") if p.strip()]
+        if len(loaded) < 2:
+            raise RagrecError("hybrid needs --parts with at least two saved encoder folders")
+        counts = PopularityEncoder.fit(data).counts
+        cold = {i: [int(r) for r in (counts == 0).nonzero()[0]] for i, p in enumerate(loaded) if p.kind == "sasrec"}
+        _, hist, targets = eval_users(data, S.VALID)
+        grid = [[1.0]] + [[0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]] * (len(loaded) - 1)
+        enc, tried = HybridEncoder.tune(loaded, hist, targets, grid, cold=cold)
+        summary.update({"weights": enc.weights, "valid_ndcg10": max(t[1] for t in tried)})
+    else:
+        raise RagrecError(f"unknown encoder {encoder!r}; valid: {ENCODER_KINDS}")
+    enc.save(out)
+    typer.echo(json.dumps({**summary, "saved": str(out)}, default=str))
+
+
+@index_app.command("build")
+def build_cmd(
+    encoder_dir: Annotated[Path, typer.Argument(help="Saved encoder folder.")],
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset whose users' histories the retriever serves.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the retriever (encoder + index) to.")],
+    factory: Annotated[str, typer.Option(help="FAISS factory string: Flat, HNSW32, IVF1024,PQ32, ...")] = "Flat",
+    param: Annotated[list[str], typer.Option(help="Search parameter name=value, e.g. efSearch=128 (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Index every catalog item of an encoder and save a ready-to-serve retriever."""
+    from ragrec.config import parse_overrides
+    from ragrec.data import load_prepared
+    from ragrec.retrieval import Retriever, load_encoder
+
+    retriever = Retriever.build(load_encoder(encoder_dir), load_prepared(dataset), factory=factory,
+                                search_params=parse_overrides(param))  # fmt: skip
+    retriever.save(out)
+    typer.echo(f"indexed {len(retriever.index)} items ({factory}) for {len(retriever.histories)} users -> {out}")
+
+
+@retriever_app.command("query")
+def query_cmd(
+    retriever_dir: Annotated[Path, typer.Argument(help="Saved retriever folder (from `ragrec index build`).")],
+    user: Annotated[list[str], typer.Option(help="User id (repeatable).")],
+    k: Annotated[int, typer.Option(help="Candidates per user.")] = 10,
+) -> None:
+    """Print the candidates of some users as JSON lines."""
+    from ragrec.retrieval import Retriever
+
+    for res in Retriever.load(retriever_dir).retrieve(user, k=k):
+        typer.echo(json.dumps({"user_id": res.user_id, "fallback": res.fallback,
+                               "candidates": [vars(c) for c in res.candidates]}))  # fmt: skip
+
+
+@eval_app.command("retriever")
+def eval_cmd(
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset with a split.")],
+    system: Annotated[list[str], typer.Option(help="NAME=ENCODER_DIR (repeatable); the first is the reference.")],
+    out: Annotated[Path, typer.Option(help="Report path stem: writes .json, .md and _recall.png.")],
+    split: Annotated[str, typer.Option(help="valid | test.")] = "test",
+    mask_history: Annotated[
+        bool, typer.Option(help="Exclude history items from the ranking (ragrec's convention).")
+    ] = True,
+    k: Annotated[int, typer.Option(help="Candidates for the candidate-recall column.")] = 20,
+) -> None:
+    """Full-ranking evaluation of saved encoders, with paired bootstrap CIs against the first."""
+    from ragrec.data import load_prepared
+    from ragrec.errors import RagrecError
+    from ragrec.eval.protocol import evaluate_encoder
+    from ragrec.eval.report import compare, write_report
+    from ragrec.retrieval import load_encoder
+
+    data = load_prepared(dataset)
+    results = []
+    for spec in system:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise RagrecError(f"--system expects NAME=ENCODER_DIR, got {spec!r}")
+        res = evaluate_encoder(
+            load_encoder(path), data, split=split, system=name, mask_history=mask_history, progress=True
+        )
+        res.extra[f"candidate_recall@{k}"] = round(float((res.ranks <= k).mean()), 6)
+        results.append(res)
+    comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
+    written = write_report(out, [r.row() for r in results], title=f"Retrieval on {data.name} ({split})",
+                           results=results, comparisons=comparisons)  # fmt: skip
+    for r in results:
+        console.print(f"{r.system}: " + ", ".join(f"{k2} {v:.4f}" for k2, v in r.metrics().items()))
+    console.print("wrote " + ", ".join(str(p) for p in written.values()))

@@ -1,0 +1,54 @@
+"""Loading pydantic configs from YAML files and ``key=value`` overrides, with errors naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ragrec.errors import RagrecError
+
+__all__ = ["load_config", "parse_overrides"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=50", "dropout=0.2"]`` -> ``{"epochs": 50, "dropout": 0.2}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise RagrecError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_config(
+    model: type[M], path: str | PathLike[str] | None = None, overrides: Sequence[str] = (), section: str | None = None
+) -> M:
+    """Build ``model`` from an optional YAML file (optionally one ``section`` of it) plus overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text("utf-8")) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RagrecError(f"{p}: unreadable config ({e})") from None
+        if section is not None and isinstance(raw, dict) and section in raw:
+            raw = raw[section]
+        if not isinstance(raw, dict):
+            raise RagrecError(f"{p}: expected a mapping of settings")
+        values.update(raw)
+    values.update(parse_overrides(overrides))
+    try:
+        return model(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(map(str, err["loc"])) or "config"
+        valid = ", ".join(model.model_fields)
+        raise RagrecError(f"{model.__name__}: {field}: {err['msg']} (fields: {valid})") from None

@@ -1,0 +1,116 @@
+"""Readable evaluation reports: a JSON file of rows, a Markdown table and a Recall@K plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragrec.eval.metrics import BootstrapResult, paired_bootstrap, per_user
+from ragrec.eval.protocol import EvalResult
+from ragrec.io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["compare", "write_report", "recall_curve", "markdown_table"]
+
+TABLE_KEYS = ("recall@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20")
+
+
+def recall_curve(ranks: np.ndarray, max_k: int = 50) -> np.ndarray:
+    """Recall@K for K = 1..max_k."""
+    ranks = np.asarray(ranks)
+    return np.array([(ranks <= k).mean() if len(ranks) else 0.0 for k in range(1, max_k + 1)])
+
+
+def compare(a: EvalResult, b: EvalResult, metric: str = "ndcg@10", **kwargs: Any) -> BootstrapResult:
+    """Paired bootstrap of ``a - b`` over the users both were evaluated on."""
+    if a.users != b.users:
+        common = sorted(set(a.users) & set(b.users))
+        ia = {u: i for i, u in enumerate(a.users)}
+        ib = {u: i for i, u in enumerate(b.users)}
+        ra, rb = a.ranks[[ia[u] for u in common]], b.ranks[[ib[u] for u in common]]
+    else:
+        ra, rb = a.ranks, b.ranks
+    return paired_bootstrap(per_user(ra, metric), per_user(rb, metric), metric=metric, **kwargs)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = TABLE_KEYS) -> str:
+    head = "| dataset | system | split | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (3 + len(keys))]
+    for r in rows:
+        cells = [f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append(
+            f"| {r.get('dataset', '')} | {r.get('system', '')} | {r.get('split', '')} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(
+    path: str | PathLike[str],
+    rows: Sequence[dict[str, Any]],
+    *,
+    title: str,
+    results: Sequence[EvalResult] = (),
+    comparisons: Sequence[tuple[str, BootstrapResult]] = (),
+    notes: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``<path>.json`` (rows + comparisons + extra), ``<path>.md`` and, with ``results``,
+    ``<path>_recall.png`` (Recall@K curves). Returns the written paths."""
+    stem = Path(path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    payload = {
+        "title": title,
+        "rows": list(rows),
+        "comparisons": [{"name": name, **vars(c)} for name, c in comparisons],
+        **(extra or {}),
+    }
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float) + "\n")
+    written["json"] = stem.with_suffix(".json")
+    md = [f"# {title}", "", markdown_table(rows), ""]
+    if comparisons:
+        md += ["## Paired bootstrap (95% CI of the difference, 1,000 resamples over users)", ""]
+        md += ["| comparison | metric | difference | 95% CI | significant |", "|---|---|---|---|---|"]
+        for name, c in comparisons:
+            md.append(
+                f"| {name} | {c.metric} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | {'yes' if c.significant else 'no'} |"
+            )
+        md.append("")
+    if results:
+        png = stem.parent / f"{stem.name}_recall.png"
+        atomic_write_bytes(png, _plot(results))
+        written["png"] = png
+        md += [f"![Recall@K]({png.name})", ""]
+    md += [f"- {n}" for n in notes]
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(md).rstrip() + "\n")
+    written["md"] = stem.with_suffix(".md")
+    return written
+
+
+def _plot(results: Sequence[EvalResult], max_k: int = 50) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r.dataset for r in results})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for r in (r for r in results if r.dataset == ds):
+            ax.plot(range(1, max_k + 1), recall_curve(r.ranks, max_k), label=r.system)
+        ax.set_title(f"{ds} ({results[0].split}, history masked)")
+        ax.set_xlabel("K")
+        ax.set_ylabel("Recall@K")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

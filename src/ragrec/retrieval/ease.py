@@ -1,0 +1,102 @@
+"""EASE: a closed-form item-item model (Steck, WWW 2019), with recency-weighted queries.
+
+``B = argmin |X - X B|^2 + l2 |B|^2`` with ``diag(B) = 0`` has the closed form
+``P = (X^T X + l2 I)^-1``, ``B = -P / diag(P)``. A user's query is their history as a vector
+over the catalog, each item weighted ``decay ** age`` (newest age 0), so recent items count more
+(``decay = 1`` is plain EASE); an item's vector is its column of ``B``. The dense N x N matrix
+limits it to catalogs of ``max_items`` items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragrec import schema as S
+from ragrec.data.dataset import InteractionData
+from ragrec.errors import RagrecError
+from ragrec.retrieval.base import ENCODERS, Encoder
+
+__all__ = ["EASEConfig", "EASEEncoder"]
+
+
+class EASEConfig(BaseModel):
+    """Settings of EASE. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    l2: float = Field(500.0, gt=0, description="L2 regularisation of the item-item weights.")
+    decay: float = Field(1.0, gt=0, le=1, description="Query weight of a history item = decay ** (its age in items).")
+    max_items: int = Field(20_000, ge=1, description="Largest catalog accepted (the model is a dense N x N matrix).")
+
+
+@ENCODERS.decorator("ease")
+class EASEEncoder(Encoder):
+    """Item-item EASE (see module docstring)."""
+
+    kind = "ease"
+
+    def __init__(self, item_ids: Sequence[str], weights: np.ndarray, config: EASEConfig) -> None:
+        super().__init__(item_ids)
+        self.weights = np.asarray(weights, dtype=np.float32)  # (N, N), B[i, j] = weight of i for j
+        self.config = config
+
+    @classmethod
+    def fit(
+        cls, data: InteractionData, config: EASEConfig | None = None, splits: Sequence[str] = (S.TRAIN,)
+    ) -> EASEEncoder:
+        config = config or EASEConfig()
+        item_ids = data.item_ids()
+        n = len(item_ids)
+        if n > config.max_items:
+            raise RagrecError(f"EASE needs a dense {n} x {n} matrix; the limit is max_items={config.max_items}")
+        index = {i: k for k, i in enumerate(item_ids)}
+        hist = data.histories(splits=splits if data.has_split else None)
+        rows = [(r, index[i]) for r, h in enumerate(hist.values()) for i in set(h.item_ids)]
+        x = torch.zeros(len(hist), n, dtype=torch.float64)
+        if rows:
+            r, c = zip(*rows)
+            x[list(r), list(c)] = 1.0
+        gram = x.T @ x + config.l2 * torch.eye(n, dtype=torch.float64)  # (N, N)
+        p = torch.linalg.inv(gram)
+        b = -p / torch.diag(p)[None, :]
+        b.fill_diagonal_(0.0)
+        return cls(item_ids, b.float().numpy(), config)
+
+    def item_embeddings(self) -> np.ndarray:
+        return np.ascontiguousarray(self.weights.T)
+
+    def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        out = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
+        for row, history in enumerate(histories):
+            rows = self.indices(history)
+            for age, col in enumerate(reversed(rows)):
+                if out[row, col] == 0:  # newest occurrence counts
+                    out[row, col] = self.config.decay**age
+        return out
+
+    def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(B, N) exact scores from the history's rows of B (sparse: O(history x N) per user)."""
+        out = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
+        for row, history in enumerate(histories):
+            weights: dict[int, float] = {}
+            for age, col in enumerate(reversed(self.indices(history))):
+                weights.setdefault(col, self.config.decay**age)  # newest occurrence counts
+            if weights:
+                cols = list(weights)
+                out[row] = np.asarray(list(weights.values()), dtype=np.float32) @ self.weights[cols]
+        return out
+
+    def _config(self) -> dict[str, Any]:
+        return self.config.model_dump()
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"weights": torch.from_numpy(self.weights)}
+
+    @classmethod
+    def _rebuild(cls, item_ids: list[str], config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> EASEEncoder:
+        return cls(item_ids, tensors["weights"].numpy(), EASEConfig(**config))
