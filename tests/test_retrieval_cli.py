@@ -59,8 +59,10 @@ def test_cli_train_index_query_eval(ml100k_dir, tmp_path):
     data_dir = tmp_path / "prepared"
     assert run_cli("data", "prepare", "movielens-100k", str(ml100k_dir), "--output", str(data_dir))[0] == 0
     code, out, err = run_cli("retriever", "train", str(data_dir), "--encoder", "sasrec", "--out", str(tmp_path / "sas"),
-                             "--set", "epochs=2", "--set", "hidden=16", "--set", "heads=1", "--set", "max_len=8")  # fmt: skip
+                             "--set", "epochs=2", "--set", "hidden=16", "--set", "heads=1", "--set", "max_len=8",
+                             "--checkpoint-dir", str(tmp_path / "ckpt"))  # fmt: skip
     assert code == 0, err
+    assert (tmp_path / "ckpt" / "weights.safetensors").is_file()  # the best epoch so far was saved
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["epochs_run"] == 2 and summary["encoder"] == "sasrec"
     assert (

@@ -26,6 +26,9 @@ def train_cmd(
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = [],  # noqa: B006
     parts: Annotated[str, typer.Option(help="hybrid: saved encoder folders to fuse, comma-separated.")] = "",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    checkpoint_dir: Annotated[
+        Optional[Path], typer.Option(help="sasrec: save the best model here whenever validation improves.")
+    ] = None,
 ) -> None:
     """Train (or embed) an encoder and save it; prints the validation NDCG@10 it reached."""
     from ragrec.config import load_config
@@ -47,7 +50,7 @@ def train_cmd(
     summary: dict[str, object] = {"encoder": encoder, "dataset": data.name}
     if encoder == "sasrec":
         cfg = load_config(SASRecConfig, config, set_, section="sasrec")
-        enc, report = SASRecEncoder.fit(data, cfg, device=device)
+        enc, report = SASRecEncoder.fit(data, cfg, device=device, checkpoint_dir=checkpoint_dir)
         summary.update(vars(report))
     elif encoder == "text":
         tcfg = load_config(TextEncoderConfig, config, set_, section="text")

@@ -1,7 +1,13 @@
 """Hybrid: weighted fusion of several encoders' scores, searchable by one FAISS index.
 
-``score(user, item) = sum_i w_i * score_i(user, item)`` is realised by concatenating
-``sqrt(w_i) * item_vector_i`` on the item side and ``sqrt(w_i) * query_i`` on the query side.
+``score(user, item) = sum_i w_i * score_i(user, item) / sd_i(user)`` is realised by
+concatenating ``sqrt(w_i) * item_vector_i`` on the item side and ``sqrt(w_i) * query_i /
+sd_i(user)`` on the query side. ``sd_i(user)``, the spread of the user's part-``i`` scores over
+the catalog, puts parts with very different score scales (SASRec logits, EASE weights, cosine
+similarities) on one footing per user; it is exact in vector form, since the standard deviation
+of ``q . e_j`` over items ``j`` is ``sqrt(q^T C q)`` with ``C`` the covariance of the item vectors.
+(Per-user mean shifts do not change a ranking, so they are left out.) ``normalize=False`` fuses
+raw scores.
 Items that a collaborative part never saw in training (cold items) get a zero vector in that
 part, so they are ranked by the other parts (e.g. text) alone: new items with text but no
 interactions are retrievable. Weights are chosen on validation targets with :meth:`tune`.
@@ -36,6 +42,7 @@ class HybridEncoder(Encoder):
         parts: Sequence[Encoder],
         weights: Sequence[float],
         cold: Mapping[int, Sequence[int]] | None = None,
+        normalize: bool = True,
     ) -> None:
         if not parts or len(parts) != len(weights):
             raise ValueError(f"need one weight per part, got {len(parts)} parts and {len(weights)} weights")
@@ -48,40 +55,61 @@ class HybridEncoder(Encoder):
         self.parts = list(parts)
         self.weights = [float(w) for w in weights]
         self.cold = {int(k): sorted(int(r) for r in v) for k, v in (cold or {}).items()}
-        self._items: np.ndarray | None = None
+        self.normalize = normalize
+        self._part_items: dict[int, np.ndarray] = {}
+        self._part_cov: dict[int, np.ndarray] = {}
+
+    def _items_of(self, i: int) -> np.ndarray:
+        """Part ``i``'s item vectors with its cold rows zeroed (unweighted)."""
+        if i not in self._part_items:
+            emb = self.parts[i].item_embeddings().astype(np.float32)
+            if self.cold.get(i):
+                emb = emb.copy()
+                emb[self.cold[i]] = 0.0
+            self._part_items[i] = emb
+        return self._part_items[i]
+
+    def _query_scale(self, i: int, queries: np.ndarray) -> np.ndarray:
+        """(B,) 1 / spread of each query's part-``i`` scores over the catalog (1 without normalize)."""
+        if not self.normalize:
+            return np.ones(len(queries))
+        if i not in self._part_cov:
+            emb = self._items_of(i).astype(np.float64)
+            centred = emb - emb.mean(axis=0)
+            self._part_cov[i] = centred.T @ centred / len(emb)  # (d, d), population covariance
+        var = np.einsum("bd,de,be->b", queries, self._part_cov[i], queries)
+        return 1.0 / np.sqrt(np.maximum(var, 1e-12))
 
     def item_embeddings(self) -> np.ndarray:
-        if self._items is None:
-            blocks = []
-            for i, (part, w) in enumerate(zip(self.parts, self.weights)):
-                emb = part.item_embeddings().astype(np.float32) * np.sqrt(w)
-                if self.cold.get(i):
-                    emb = emb.copy()
-                    emb[self.cold[i]] = 0.0
-                blocks.append(emb)
-            self._items = np.hstack(blocks)
-        return self._items
+        return np.hstack([self._items_of(i) * np.sqrt(w) for i, w in enumerate(self.weights)]).astype(np.float32)
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        return np.hstack([p.encode_histories(histories) * np.sqrt(w) for p, w in zip(self.parts, self.weights)]).astype(
-            np.float32
-        )
+        blocks = []
+        for i, (part, w) in enumerate(zip(self.parts, self.weights)):
+            q = part.encode_histories(histories).astype(np.float64)
+            blocks.append(q * (self._query_scale(i, q) * np.sqrt(w))[:, None])
+        return np.hstack(blocks).astype(np.float32)
 
     def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """(B, N) fused scores, computed part by part (same values as the concatenated vectors,
         without materialising wide queries such as EASE's)."""
         total = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
-        for i, (part, w) in enumerate(zip(self.parts, self.weights)):
-            if w == 0:
-                continue
-            s = part.scores(histories)
-            if self.cold.get(i):
-                s[:, self.cold[i]] = 0.0
-            total += w * s
+        for i, w in enumerate(self.weights):
+            if w:
+                total += w * self._part_scores(i, histories)
         return total
 
+    def _part_scores(self, i: int, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(B, N) part ``i``'s scores, cold items zeroed, divided by their spread per user."""
+        s = self.parts[i].scores(histories)
+        if self.cold.get(i):
+            s[:, self.cold[i]] = 0.0
+        if self.normalize:
+            s = s / np.maximum(s.std(axis=1, keepdims=True), 1e-6)
+        return s.astype(np.float32)
+
     def with_weights(self, weights: Sequence[float]) -> HybridEncoder:
-        return HybridEncoder(self.parts, weights, self.cold)
+        return HybridEncoder(self.parts, weights, self.cold, self.normalize)
 
     @classmethod
     def tune(
@@ -93,6 +121,7 @@ class HybridEncoder(Encoder):
         *,
         cold: Mapping[int, Sequence[int]] | None = None,
         metric: str = "ndcg@10",
+        normalize: bool = True,
     ) -> tuple[HybridEncoder, list[tuple[tuple[float, ...], float]]]:
         """Pick the weights (one value list per part, all combinations tried) that maximise
         ``metric`` on validation ``targets`` given ``histories`` (seen items masked).
@@ -102,12 +131,8 @@ class HybridEncoder(Encoder):
         """
         from ragrec.ranking import per_user, target_ranks
 
-        hybrid = cls(parts, [1.0] * len(parts), cold)
-        per_part = []
-        for i, part in enumerate(parts):
-            s = part.scores(histories)  # (B, N)
-            s[:, hybrid.cold.get(i, [])] = 0.0
-            per_part.append(torch.from_numpy(s))
+        hybrid = cls(parts, [1.0] * len(parts), cold, normalize)
+        per_part = [torch.from_numpy(hybrid._part_scores(i, histories)) for i in range(len(parts))]  # (B, N) each
         mask = torch.zeros_like(per_part[0], dtype=torch.bool)
         for row, h in enumerate(histories):
             mask[row, hybrid.indices(h)] = True
@@ -124,6 +149,7 @@ class HybridEncoder(Encoder):
     def _config(self) -> dict[str, Any]:
         return {
             "weights": self.weights,
+            "normalize": self.normalize,
             "cold": {str(k): v for k, v in self.cold.items()},
             "parts": [{"kind": p.kind, "config": p._config()} for p in self.parts],
         }
@@ -138,4 +164,6 @@ class HybridEncoder(Encoder):
             prefix = f"part{i}."
             own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             parts.append(ENCODERS.get(spec["kind"])._rebuild(item_ids, spec["config"], own))
-        return cls(parts, config["weights"], {int(k): v for k, v in config["cold"].items()})
+        return cls(
+            parts, config["weights"], {int(k): v for k, v in config["cold"].items()}, config.get("normalize", True)
+        )

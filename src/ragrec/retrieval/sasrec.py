@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,7 @@ class SASRecEncoder(Encoder):
         self.config = config
         self.model = model if model is not None else SASRec(len(self.item_ids), config)
         self.model.eval()
+        self.refit_seconds = 0.0
 
     # -- Encoder
     def item_embeddings(self) -> np.ndarray:
@@ -255,35 +257,53 @@ class SASRecEncoder(Encoder):
         *,
         device: str = "auto",
         progress: bool = True,
+        refit: bool | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> tuple[SASRecEncoder, TrainReport]:
         """Train on the ``train`` split, early-stop on validation NDCG@10 (history masked).
 
-        With ``config.refit_with_valid`` the final model is retrained from scratch for the best
-        number of epochs on train + valid items, the history it will see at test time.
+        With ``refit`` (default: ``config.refit_with_valid``) the returned model is then retrained
+        from scratch by :meth:`refit`. Tune anything else on validation with the model returned
+        by ``refit=False``: the refit one has seen the validation items. With ``checkpoint_dir``
+        the best model so far is saved there (atomically) whenever validation improves.
         """
         config = config or SASRecConfig()
         dev = resolve_device(device)
-        item_ids = data.item_ids()
-        enc = cls(item_ids, config)
-        index = enc.item_index
+        enc = cls(data.item_ids(), config)
         train = data.histories(splits=(S.TRAIN,))
         valid = data.targets(S.VALID)
         if not train:
             raise ValueError(f"dataset {data.name!r} has no training interactions")
-        seqs = {u: [index[i] + 1 for i in h.item_ids] for u, h in train.items()}
+        seqs = {u: [enc.item_index[i] + 1 for i in h.item_ids] for u, h in train.items()}
         report = TrainReport(device=str(dev))
         start = time.perf_counter()
-        best_state, report = _train(enc, seqs, valid, config, dev, report, epochs=config.epochs, progress=progress)
+        on_improve = (lambda: enc.save(checkpoint_dir)) if checkpoint_dir is not None else None
+        best_state, report = _train(
+            enc, seqs, valid, config, dev, report, epochs=config.epochs, progress=progress, on_improve=on_improve
+        )
         report.train_seconds = time.perf_counter() - start
         enc.model.load_state_dict(best_state)
-        if config.refit_with_valid and valid:
-            start = time.perf_counter()
-            full = {u: s + ([index[valid[u]] + 1] if u in valid else []) for u, s in seqs.items()}
-            enc = cls(item_ids, config)
-            _train(enc, full, {}, config, dev, TrainReport(), epochs=max(report.best_epoch, 1), progress=progress)
-            report.refit_seconds = time.perf_counter() - start
         enc.model.to("cpu").eval()
+        if (config.refit_with_valid if refit is None else refit) and valid:
+            final = enc.refit(data, max(report.best_epoch, 1), device=device, progress=progress)
+            report.refit_seconds = final.refit_seconds
+            return final, report
         return enc, report
+
+    def refit(
+        self, data: InteractionData, epochs: int, *, device: str = "auto", progress: bool = True
+    ) -> SASRecEncoder:
+        """A new model trained from scratch for ``epochs`` on train + valid items (the history
+        seen at test time), with this encoder's settings."""
+        dev = resolve_device(device)
+        enc = type(self)(self.item_ids, self.config)
+        full = data.histories(splits=(S.TRAIN, S.VALID))
+        seqs = {u: [enc.item_index[i] + 1 for i in h.item_ids] for u, h in full.items()}
+        start = time.perf_counter()
+        _train(enc, seqs, {}, self.config, dev, TrainReport(), epochs=epochs, progress=progress)
+        enc.refit_seconds = time.perf_counter() - start
+        enc.model.to("cpu").eval()
+        return enc
 
 
 def _valid_ndcg10(enc: SASRecEncoder, seqs: dict[str, list[int]], valid: dict[str, str], dev: torch.device) -> float:
@@ -314,6 +334,7 @@ def _train(
     *,
     epochs: int,
     progress: bool,
+    on_improve: Callable[[], object] | None = None,
 ) -> tuple[dict[str, torch.Tensor], TrainReport]:
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -354,6 +375,8 @@ def _train(
         if ndcg > report.best_valid_ndcg10:
             report.best_valid_ndcg10, report.best_epoch, stale = ndcg, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
+            if on_improve is not None:
+                on_improve()
         else:
             stale += 1
             if stale >= config.patience:
