@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory", "sha256_file"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory", "sha256_file", "read_json_meta"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,3 +82,19 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json_meta(path: str | os.PathLike[str], what: str) -> dict:
+    """Read the JSON metadata file of a saved artefact; missing or corrupt -> ``CacheError``."""
+    from ragrec.errors import CacheError
+
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise CacheError(f"{path.parent}: not a saved {what} (no {path.name})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: corrupt ({e})") from None
+    if not isinstance(meta, dict):
+        raise CacheError(f"{path}: corrupt (expected a JSON object)")
+    return meta

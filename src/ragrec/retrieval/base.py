@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ragrec.errors import CacheError
-from ragrec.io import atomic_directory, atomic_write_text, sha256_file
+from ragrec.io import atomic_directory, atomic_write_text, read_json_meta, sha256_file
 from ragrec.registry import Registry
 
 __all__ = ["Encoder", "ENCODERS", "load_encoder"]
@@ -98,12 +98,7 @@ class Encoder(ABC):
 def load_encoder(path: str | PathLike[str]) -> Encoder:
     """Load an encoder saved by :meth:`Encoder.save`, whatever its kind."""
     path = Path(path)
-    try:
-        meta = json.loads((path / _CONFIG).read_text("utf-8"))
-    except FileNotFoundError:
-        raise CacheError(f"{path}: not a saved encoder (no {_CONFIG})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path / _CONFIG}: corrupt ({e})") from None
+    meta = read_json_meta(path / _CONFIG, "encoder")
     weights = path / _WEIGHTS
     if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
         raise CacheError(f"{weights}: missing or checksum mismatch; train the encoder again")

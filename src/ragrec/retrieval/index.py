@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from ragrec.errors import CacheError, RagrecError
-from ragrec.io import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
+from ragrec.io import atomic_directory, atomic_write_bytes, atomic_write_text, read_json_meta, sha256_file
 
 __all__ = ["ItemIndex", "fingerprint"]
 
@@ -218,12 +218,7 @@ class ItemIndex:
     def load(cls, path: str | PathLike[str], *, encoder: dict[str, Any] | None = None) -> ItemIndex:
         """Load a saved index; with ``encoder``, refuse one built by another encoder state."""
         path = Path(path)
-        try:
-            meta = json.loads((path / _META).read_text("utf-8"))
-        except FileNotFoundError:
-            raise CacheError(f"{path}: not a saved item index (no {_META})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CacheError(f"{path / _META}: corrupt ({e})") from None
+        meta = read_json_meta(path / _META, "item index")
         blob = path / _FILE
         if not blob.is_file() or sha256_file(blob) != meta.get("sha256"):
             raise CacheError(f"{blob}: missing, truncated or modified (checksum mismatch); build the index again")

@@ -17,8 +17,8 @@ import numpy as np
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
-from ragrec.errors import CacheError, RagrecError
-from ragrec.io import atomic_directory, atomic_write_text
+from ragrec.errors import RagrecError
+from ragrec.io import atomic_directory, atomic_write_text, read_json_meta
 from ragrec.retrieval.base import Encoder, load_encoder
 from ragrec.retrieval.index import ItemIndex, fingerprint
 from ragrec.retrieval.popularity import PopularityEncoder
@@ -172,12 +172,7 @@ class Retriever:
     def load(cls, path: str | PathLike[str]) -> Retriever:
         """Load a saved retriever; refuses an index that another encoder state built."""
         path = Path(path)
-        try:
-            meta = json.loads((path / "retriever.json").read_text("utf-8"))
-        except FileNotFoundError:
-            raise CacheError(f"{path}: not a saved retriever (no retriever.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CacheError(f"{path / 'retriever.json'}: corrupt ({e})") from None
+        meta = read_json_meta(path / "retriever.json", "retriever")
         encoder = load_encoder(path / "encoder")
         vectors = encoder.item_embeddings()
         index = ItemIndex.load(path / "index", encoder={"kind": encoder.kind, "fingerprint": fingerprint(vectors)})
