@@ -80,3 +80,13 @@ def test_public_api_is_deliberate():
     assert {"pull", "load_prepared", "InteractionData", "split_from_file", "render_item_text"} <= set(
         ragrec.data.__all__
     )
+
+
+def test_subpackage_apis_resolve():
+    import ragrec.eval
+    import ragrec.retrieval
+
+    for module in (ragrec.retrieval, ragrec.eval):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+    assert set(ragrec.retrieval.ENCODERS.names()) == {"ease", "hybrid", "popularity", "sasrec", "text"}
