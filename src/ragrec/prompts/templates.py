@@ -1,0 +1,138 @@
+"""Prompt templates: one versioned file per (scenario, task), with an output contract.
+
+A template is data (YAML): a system message, a user message with ``{placeholders}``, and what the
+model must answer (``output``). Rendering is a pure function from (template, context) to chat
+messages; chat formatting is left to the tokenizer's chat template. Context values are
+inserted verbatim in a single pass (``str.format`` never re-reads what it inserted), and
+untrusted text (titles, user chat) is sanitised first by :func:`sanitize`, so data can never
+become template syntax, a fake message boundary or a special token.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ragrec.data.text import clean_text, truncate
+from ragrec.errors import DataFormatError
+
+__all__ = ["TASKS", "OutputContract", "PromptTemplate", "sanitize", "candidate_labels"]
+
+TASKS = ("rank", "generate", "explain", "rate", "chat")
+
+# Chat-template control sequences of common model families (<|im_start|>, <|user|>, [INST],
+# <start_of_turn>, <s>): removed from untrusted text so it cannot open a new turn.
+_SPECIAL = re.compile(
+    r"<\|[^|<>]{0,40}\|>|\[/?INST\]|<\/?s>|<(?:start|end)_of_turn>|<\/?(?:system|user|assistant)>", re.I
+)
+
+
+def sanitize(text: str | None, max_chars: int) -> str:
+    """Untrusted text -> one bounded line: control characters and newlines folded, chat
+    control tokens removed, cut to ``max_chars``."""
+    cleaned = clean_text(_SPECIAL.sub(" ", text or ""))
+    cleaned = _SPECIAL.sub(" ", cleaned)  # removal can join fragments into a new token
+    return truncate(clean_text(cleaned), max_chars) if cleaned else ""
+
+
+def candidate_labels(n: int) -> list[str]:
+    """``A..Z``, then ``AA, AB, ...``: ``n`` distinct labels in order."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    letters = string.ascii_uppercase
+    labels = list(letters[:n])
+    first = 0
+    while len(labels) < n:
+        labels.extend(letters[first] + b for b in letters[: n - len(labels)])
+        first += 1
+    return labels
+
+
+class OutputContract(BaseModel):
+    """What the model must produce for a task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["label", "text", "digit"] = Field(
+        description="label: one candidate label; digit: a rating digit; text: free text."
+    )
+    values: tuple[str, ...] = Field((), description="digit: the allowed digits, e.g. 1-5.")
+    max_new_tokens: int = Field(1, ge=1, description="Tokens the answer may take.")
+
+
+class PromptTemplate(BaseModel):
+    """One (scenario, task) template, as stored in a YAML file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scenario: str = Field(description="Scenario name; 'default' is the fallback for every scenario.")
+    task: Literal["rank", "generate", "explain", "rate", "chat"] = Field(description="Task name.")
+    version: int = Field(ge=1, description="Bumped whenever the wording changes (adapters record it).")
+    system: str = Field(description="System message.")
+    user: str = Field(description="User message with {placeholders}.")
+    output: OutputContract
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> PromptTemplate:
+        for part in (self.system, self.user):
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
+            except ValueError as e:
+                raise ValueError(f"bad placeholder syntax: {e}") from None
+            bad = [f for f in fields if not f.isidentifier()]
+            if bad:
+                raise ValueError(f"placeholders must be plain names, got {bad}")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.scenario, self.task
+
+    @property
+    def variables(self) -> set[str]:
+        names = set()
+        for part in (self.system, self.user):
+            names |= {f for _, f, _, _ in string.Formatter().parse(part) if f}
+        return names
+
+    @classmethod
+    def from_file(cls, path: str | PathLike[str]) -> PromptTemplate:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text("utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+            raise DataFormatError(path, f"unreadable template ({e})") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise DataFormatError(path, f"{'.'.join(map(str, err['loc'])) or 'template'}: {err['msg']}") from None
+
+    def render(self, context: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Chat messages ``[{"role": "system", ...}, {"role": "user", ...}]``.
+
+        Every placeholder must be in ``context`` (a missing one raises ``KeyError`` naming it);
+        values are inserted as text, once.
+        """
+        missing = self.variables - set(context)
+        if missing:
+            raise KeyError(f"template {self.scenario}/{self.task} v{self.version} needs {sorted(missing)}")
+        values = {k: str(context[k]) for k in self.variables}
+        return [
+            {"role": "system", "content": self.system.format_map(values)},
+            {"role": "user", "content": self.user.format_map(values)},
+        ]
+
+    def to_langchain(self):  # -> langchain_core.prompts.ChatPromptTemplate
+        """The same template as a LangChain ``ChatPromptTemplate`` (f-string variables)."""
+        from langchain_core.prompts import ChatPromptTemplate
+
+        return ChatPromptTemplate.from_messages([("system", self.system), ("human", self.user)])
