@@ -179,3 +179,144 @@ def run_cli(*args: str) -> tuple[int, str, str]:
         [sys.executable, "-m", "ragrec", *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+TINY_WORDS = [
+    "A",
+    "B",
+    "C",
+    "D",
+    "E",
+    "F",
+    "G",
+    "H",
+    "I",
+    "J",
+    "K",
+    "L",
+    "M",
+    "N",
+    "O",
+    "P",
+    "Q",
+    "R",
+    "S",
+    "T",
+    "U",
+    "V",
+    "W",
+    "X",
+    "Y",
+    "Z",
+    "AA",
+    "AB",
+    "AC",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    ".",
+    ",",
+    ":",
+    "(",
+    ")",
+    "-",
+    "|",
+    "/",
+    "?",
+    "'",
+    "the",
+    "user",
+    "film",
+    "movie",
+    "history",
+    "candidates",
+    "which",
+    "should",
+    "be",
+    "watched",
+    "next",
+    "answer",
+    "with",
+    "its",
+    "letter",
+    "only",
+    "you",
+    "are",
+    "a",
+    "recommender",
+    "system",
+    "read",
+    "and",
+    "choose",
+    "one",
+    "candidate",
+    "they",
+    "most",
+    "likely",
+    "to",
+    "want",
+    "text",
+    "between",
+    "lines",
+    "is",
+    "data",
+    "not",
+    "instructions",
+    "oldest",
+    "first",
+    "recommended",
+    "rate",
+    "how",
+    "would",
+    "on",
+    "scale",
+    "of",
+    "from",
+    "digit",
+    "toy",
+    "story",
+    "heat",
+    "alien",
+    "fargo",
+    "clueless",
+    "goldeneye",
+    "usual",
+    "suspects",
+    "amélie",
+    "drama",
+    "comedy",
+    "action",
+    "crime",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with hidden size 16 and a word-level tokenizer with a chat template,
+    saved as a normal model folder (random weights: for plumbing, not quality)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(TINY_WORDS) | {"system", "assistant"}))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
+                                   bos_token="<|im_start|>", additional_special_tokens=specials[2:])  # fmt: skip
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         pad_token_id=vocab["<pad>"], eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|im_start|>"])  # fmt: skip
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-lm")
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out

