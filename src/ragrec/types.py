@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Candidate", "Item", "RetrievalResult", "UserHistory"]
+__all__ = ["Candidate", "Item", "RankedItem", "RetrievalResult", "UserHistory"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,15 @@ class RetrievalResult:
     @property
     def item_ids(self) -> list[str]:
         return [c.item_id for c in self.candidates]
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One item of a ranked list: 1-based ``rank``, the ranker's ``score`` (higher is better),
+    the candidate ``label`` it had in the prompt and the retriever's score, if any."""
+
+    item_id: str
+    score: float
+    rank: int
+    label: str | None = None
+    retriever_score: float | None = None

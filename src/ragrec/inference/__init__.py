@@ -1,4 +1,4 @@
-"""The LLM stage: model loading and quantization (rank/generate/explain/rate/chat follow, #4)."""
+"""The LLM stage: model loading and quantization, verbalizer ranking (generate/explain/rate/chat follow, #4)."""
 
 from ragrec.inference.models import (
     DEFAULT_MODEL,
@@ -9,5 +9,6 @@ from ragrec.inference.models import (
     load_model,
     resolve_model,
 )
+from ragrec.inference.rank import LetterRanker
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "MODELS", "ModelSpec", "convert_gguf", "load_model", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "LetterRanker", "LoadedModel", "MODELS", "ModelSpec", "convert_gguf", "load_model", "resolve_model"]

@@ -1,0 +1,129 @@
+"""Verbalizer ranking: candidates lettered in the prompt, scored in one forward pass.
+
+The model reads the rank prompt (history + lettered candidates) and we read the next-token
+log-probabilities of the label tokens ``A, B, C, ...`` at the answer position
+(``logits_to_keep=1``: only the last position's logits are computed). No text is generated.
+Every label must be a single token for the tokenizer; that is checked, not assumed.
+Optional permutation averaging re-asks with the candidates cyclically shifted and averages each
+candidate's score, against the position bias of small LMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ragrec.errors import RagrecError
+from ragrec.inference.models import LoadedModel
+from ragrec.prompts import PromptBudget, PromptTemplate, rank_context
+from ragrec.types import Item, RankedItem
+
+__all__ = ["LetterRanker"]
+
+
+class LetterRanker:
+    """Scores lettered candidates with a causal LM (see module docstring)."""
+
+    def __init__(
+        self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None, batch_size: int = 8
+    ) -> None:
+        if template.output.type != "label":
+            raise RagrecError(
+                f"template {template.scenario}/{template.task} answers {template.output.type!r}, not a label"
+            )
+        self.loaded = loaded
+        self.template = template
+        self.budget = budget or PromptBudget()
+        self.batch_size = batch_size
+        self._label_ids: dict[str, int] = {}
+
+    def label_ids(self, labels: Sequence[str]) -> list[int]:
+        """Token id of each label; raises if a label is not exactly one token."""
+        out = []
+        for label in labels:
+            if label not in self._label_ids:
+                tok = self.loaded.tokenizer
+                ids = tok.encode(label, add_special_tokens=False)
+                # One token, and that token really is the label (not e.g. the unknown token).
+                if len(ids) != 1 or ids[0] == tok.unk_token_id or tok.decode(ids).strip() != label:
+                    raise RagrecError(
+                        f"label {label!r} is not a single token for this tokenizer; rank fewer candidates at once"
+                    )
+                self._label_ids[label] = ids[0]
+            out.append(self._label_ids[label])
+        return out
+
+    def prompts(
+        self, histories: Sequence[Sequence[Item]], candidates: Sequence[Sequence[Item]], item_noun: str
+    ) -> tuple[list[str], list[list[str]]]:
+        """Chat-formatted prompt strings (ending where the answer starts) and their labels."""
+        texts, labels = [], []
+        for history, cands in zip(histories, candidates):
+            ctx, labs = rank_context(history, cands, item_noun, self.budget)
+            messages = self.template.render(ctx)
+            texts.append(
+                self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            )
+            labels.append(labs)
+        return texts, labels
+
+    @torch.no_grad()
+    def label_scores(self, texts: Sequence[str], labels: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Log-probability of each label token at the answer position, per prompt."""
+        tok, model = self.loaded.tokenizer, self.loaded.model
+        device = next(model.parameters()).device
+        out: list[np.ndarray] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            if enc["input_ids"].shape[1] > self.budget.max_tokens:
+                raise RagrecError(
+                    f"prompt of {enc['input_ids'].shape[1]} tokens exceeds the budget of {self.budget.max_tokens}"
+                )
+            logits = (
+                model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+            )  # (B, V): left padding puts every answer last
+            logp = torch.log_softmax(logits, dim=-1)
+            for row, labs in enumerate(labels[start : start + self.batch_size]):
+                ids = torch.tensor(self.label_ids(labs), device=device)
+                out.append(logp[row, ids].cpu().numpy())  # (C,)
+        return out
+
+    def rank(
+        self,
+        histories: Sequence[Sequence[Item]],
+        candidates: Sequence[Sequence[Item]],
+        *,
+        item_noun: str = "item",
+        permutations: int = 1,
+    ) -> list[list[RankedItem]]:
+        """Full ranking of each user's candidates, best first.
+
+        ``permutations`` > 1 averages scores over that many cyclic shifts of the candidate order.
+        """
+        if len(histories) != len(candidates):
+            raise RagrecError(f"{len(histories)} histories for {len(candidates)} candidate lists")
+        if permutations < 1:
+            raise RagrecError(f"permutations must be >= 1, got {permutations}")
+        totals = [np.zeros(len(c)) for c in candidates]
+        labels_used: list[list[str]] = [[] for _ in candidates]
+        for shift in range(permutations):
+            shifted = [list(c)[shift % len(c) :] + list(c)[: shift % len(c)] if c else [] for c in candidates]
+            texts, labels = self.prompts(histories, shifted, item_noun)
+            scores = self.label_scores(texts, labels)
+            for u, (cands, s) in enumerate(zip(candidates, scores)):
+                n = len(cands)
+                for pos in range(n):  # shifted[pos] is original candidate (pos + shift) % n
+                    totals[u][(pos + shift) % n] += s[pos]
+                if shift == 0:
+                    labels_used[u] = labels[u]
+        results = []
+        for cands, total, labs in zip(candidates, totals, labels_used):
+            mean = total / permutations
+            order = np.argsort(-mean, kind="stable")
+            results.append(
+                [RankedItem(cands[i].item_id, float(mean[i]), r, labs[i]) for r, i in enumerate(order, start=1)]
+            )
+        return results
