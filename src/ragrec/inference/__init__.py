@@ -11,4 +11,13 @@ from ragrec.inference.models import (
 )
 from ragrec.inference.rank import LetterRanker
 
-__all__ = ["DEFAULT_MODEL", "LetterRanker", "LoadedModel", "MODELS", "ModelSpec", "convert_gguf", "load_model", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LetterRanker",
+    "LoadedModel",
+    "MODELS",
+    "ModelSpec",
+    "convert_gguf",
+    "load_model",
+    "resolve_model",
+]

@@ -1,0 +1,157 @@
+"""Constrained generation: the model writes item titles, and can only write titles that exist.
+
+Decoding goes through ``prefix_allowed_tokens_fn``: a trie over the token sequences of the
+allowed titles (candidates or the whole catalog) says which tokens may come next. After a
+complete title the model may write the separator (newline) to start another, or end. A title
+is mapped back to its item by its trie path, never by matching decoded text, so every
+recommendation is a catalog item by construction; a title already written is not offered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ragrec.errors import RagrecError
+from ragrec.inference.models import LoadedModel
+from ragrec.prompts import PromptBudget, PromptTemplate, history_block, sanitize
+from ragrec.types import Item
+
+__all__ = ["TitleTrie", "ConstrainedGenerator", "GeneratedList"]
+
+
+@dataclass
+class _Node:
+    children: dict[int, _Node] = field(default_factory=dict)
+    item_ids: list[str] = field(default_factory=list)  # items whose title ends here
+
+
+class TitleTrie:
+    """Token-id trie of item titles. Items sharing a title share its terminal node."""
+
+    def __init__(self, tokenizer, items: Sequence[Item], max_title_chars: int = 80) -> None:
+        self.root = _Node()
+        self.size = 0
+        for item in items:
+            title = sanitize(item.title, max_title_chars)
+            if not title:
+                continue
+            ids = tokenizer.encode(title, add_special_tokens=False)
+            node = self.root
+            for t in ids:
+                node = node.children.setdefault(t, _Node())
+            node.item_ids.append(item.item_id)
+            self.size += 1
+        if not self.size:
+            raise RagrecError("no item with a title to generate from")
+
+    def walk(self, tokens: Sequence[int]) -> _Node | None:
+        node = self.root
+        for t in tokens:
+            node = node.children.get(t)
+            if node is None:
+                return None
+        return node
+
+
+@dataclass(frozen=True)
+class GeneratedList:
+    """Items the model wrote, in order, with the raw text for inspection."""
+
+    item_ids: tuple[str, ...]
+    text: str
+
+
+class ConstrainedGenerator:
+    """Generates up to ``n`` titles from a trie with the ``generate`` template (greedy)."""
+
+    def __init__(self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None) -> None:
+        if template.output.type != "text":
+            raise RagrecError(
+                f"template {template.scenario}/{template.task} answers {template.output.type!r}, not text"
+            )
+        self.loaded = loaded
+        self.template = template
+        self.budget = budget or PromptBudget()
+        tok = loaded.tokenizer
+        # Titles are separated by a newline (one per line), or by ';' / '|' where the tokenizer
+        # has no single newline token.
+        for text in ("\n", ";", "|"):
+            sep = tok.encode(text, add_special_tokens=False)
+            if len(sep) == 1 and sep[0] != tok.unk_token_id:
+                self.sep, self.sep_text = sep[0], text
+                break
+        else:
+            raise RagrecError("the tokenizer has no single-token separator (newline, ';' or '|') for titles")
+        self.eos = tok.eos_token_id
+
+    def _allowed(self, trie: TitleTrie, generated: list[int], n: int) -> list[int]:
+        # Split what was generated into finished titles and the title in progress.
+        parts, current = [], []
+        for t in generated:
+            if t == self.sep:
+                parts.append(current)
+                current = []
+            else:
+                current.append(t)
+        done = [p for p in parts if p]
+        if len(done) >= n:
+            return [self.eos]
+        node = trie.walk(current)
+        if node is None:  # cannot happen under the constraint; end safely
+            return [self.eos]
+        written = {tuple(p) for p in done}
+        allowed = [t for t, child in node.children.items() if _has_unwritten(child, tuple(current) + (t,), written)]
+        if node.item_ids and tuple(current) not in written and current:
+            allowed += [self.sep, self.eos]
+        return allowed or [self.eos]
+
+    @torch.no_grad()
+    def generate(
+        self, history: Sequence[Item], allowed: Sequence[Item], *, n: int = 5, item_noun: str = "item"
+    ) -> GeneratedList:
+        """Up to ``n`` distinct items from ``allowed`` (titles decoded under the trie constraint)."""
+        if n < 1:
+            raise RagrecError(f"n must be >= 1, got {n}")
+        tok, model = self.loaded.tokenizer, self.loaded.model
+        trie = TitleTrie(tok, allowed, self.budget.max_item_chars)
+        messages = self.template.render(
+            {"item_noun": item_noun, "history": history_block(history, self.budget), "n": str(n)}
+        )
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        enc = tok(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+        prompt_len = enc["input_ids"].shape[1]
+
+        def allowed_fn(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+            return self._allowed(trie, input_ids[prompt_len:].tolist(), n)
+
+        max_new = min(self.template.output.max_new_tokens * max(1, n), 64 * n)
+        out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, prefix_allowed_tokens_fn=allowed_fn,
+                             pad_token_id=tok.pad_token_id, eos_token_id=self.eos)  # fmt: skip
+        generated = out[0, prompt_len:].tolist()
+        items: list[str] = []
+        current: list[int] = []
+        for t in [*generated, self.sep]:
+            if t in (self.sep, self.eos):
+                node = trie.walk(current) if current else None
+                if node is not None and node.item_ids:
+                    items.extend(i for i in node.item_ids if i not in items)
+                current = []
+                if t == self.eos:
+                    break
+            else:
+                current.append(t)
+        return GeneratedList(tuple(items[:n]), tok.decode(generated, skip_special_tokens=True))
+
+
+def _has_unwritten(node: _Node, prefix: tuple[int, ...], written: set[tuple[int, ...]]) -> bool:
+    """Whether some title below ``node`` (reached by ``prefix``) has not been written yet."""
+    stack = [(node, prefix)]
+    while stack:
+        n, p = stack.pop()
+        if n.item_ids and p not in written:
+            return True
+        stack.extend((c, p + (t,)) for t, c in n.children.items())
+    return False
