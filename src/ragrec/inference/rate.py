@@ -1,0 +1,78 @@
+"""Rating prediction: the expectation of the rating under the model's next-token distribution
+restricted to the digit tokens (``1``..``5``), read in one forward pass like ranking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ragrec.data.text import render_item_text
+from ragrec.errors import RagrecError
+from ragrec.inference.models import LoadedModel
+from ragrec.prompts import PromptBudget, PromptTemplate, history_block, sanitize
+from ragrec.types import Item
+
+__all__ = ["RatingPredictor", "RatingPrediction"]
+
+
+@dataclass(frozen=True)
+class RatingPrediction:
+    """Expected rating and the probability of each allowed value."""
+
+    item_id: str
+    expected: float
+    distribution: dict[str, float]
+
+
+class RatingPredictor:
+    """Predicts ratings with the ``rate`` template (output contract: digits)."""
+
+    def __init__(self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None) -> None:
+        if template.output.type != "digit" or not template.output.values:
+            raise RagrecError(f"template {template.scenario}/{template.task} does not answer with digits")
+        self.loaded = loaded
+        self.template = template
+        self.budget = budget or PromptBudget()
+        tok = loaded.tokenizer
+        self.values = list(template.output.values)
+        self.ids = []
+        for v in self.values:
+            ids = tok.encode(v, add_special_tokens=False)
+            if len(ids) != 1 or ids[0] == tok.unk_token_id:
+                raise RagrecError(f"rating value {v!r} is not a single token for this tokenizer")
+            self.ids.append(ids[0])
+
+    @torch.no_grad()
+    def predict(
+        self,
+        history: Sequence[Item],
+        ratings: Sequence[float | None],
+        items: Sequence[Item],
+        *,
+        item_noun: str = "item",
+    ) -> list[RatingPrediction]:
+        """Predicted rating of each of ``items`` for a user with ``history`` (and its ratings)."""
+        tok, model = self.loaded.tokenizer, self.loaded.model
+        block = history_block(history, self.budget, ratings)
+        texts = []
+        for item in items:
+            line = sanitize(
+                render_item_text(item, max_chars=self.budget.max_item_chars * 2), self.budget.max_item_chars
+            )
+            msgs = self.template.render({"item_noun": item_noun, "history": block, "item": line})
+            texts.append(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        if not texts:
+            return []
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            next(model.parameters()).device
+        )
+        logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()  # (B, V)
+        probs = torch.softmax(logits[:, self.ids], dim=-1)  # (B, 5): renormalised over the digits
+        values = torch.tensor([float(v) for v in self.values])
+        expected = probs.cpu() @ values
+        return [
+            RatingPrediction(item.item_id, float(e), {v: float(p) for v, p in zip(self.values, row)})
+            for item, e, row in zip(items, expected, probs.cpu())
+        ]
