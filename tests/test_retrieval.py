@@ -106,7 +106,9 @@ def _synthetic(n=3000, d=32, seed=0):
     return x.astype(np.float32), rng.normal(size=(50, d)).astype(np.float32)
 
 
-@pytest.mark.parametrize("factory,params", [("HNSW16", {"efSearch": 128}), ("IVF32,Flat", {"nprobe": 8})])
+# Settings with a margin: over 5 data seeds HNSW32/efSearch=512 reached recall 0.989-1.0 and
+# IVF32/nprobe=8 0.990-1.0 (HNSW16/efSearch=128 only 0.845-0.943: too close to a bound to test).
+@pytest.mark.parametrize("factory,params", [("HNSW32", {"efSearch": 512}), ("IVF32,Flat", {"nprobe": 8})])
 def test_approximate_index_matches_exact_search(factory, params):
     x, q = _synthetic()
     ids = [f"i{j}" for j in range(len(x))]
@@ -119,7 +121,7 @@ def test_approximate_index_matches_exact_search(factory, params):
     assert truth == [[ids[j] for j in row] for row in brute]  # Flat is exact
     _, found = approx.search(q, 20)
     recall = np.mean([len(set(a) & set(t)) / 20 for a, t in zip(found, truth)])
-    assert recall >= 0.9, recall
+    assert recall >= 0.95, recall
 
 
 def test_index_edges(tmp_path):
