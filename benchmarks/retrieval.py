@@ -246,7 +246,7 @@ def run_faiss(n: int = 1_000_000, d: int = 64, queries: int = 1000, k: int = 100
     rows = []
     faiss.omp_set_num_threads(1)  # latency of one query on one thread, as a server would see it
     for factory, params in (
-        ("HNSW32", [{"efSearch": 128}, {"efSearch": 256}]),
+        ("HNSW32", [{"efSearch": 128}, {"efSearch": 256}, {"efSearch": 512}, {"efSearch": 1024}]),
         ("IVF4096,Flat", [{"nprobe": 16}, {"nprobe": 64}]),
     ):
         start = time.perf_counter()
