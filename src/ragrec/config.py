@@ -10,11 +10,25 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ragrec.errors import RagrecError
+from ragrec.errors import DataFormatError, RagrecError
 
-__all__ = ["load_config", "parse_overrides"]
+__all__ = ["load_config", "parse_overrides", "model_from_yaml"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def model_from_yaml(model: type[M], path: str | PathLike[str]) -> M:
+    """Validate the YAML file ``path`` as ``model``; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text("utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DataFormatError(path, f"unreadable YAML ({e})") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise DataFormatError(path, f"{'.'.join(map(str, err['loc'])) or model.__name__}: {err['msg']}") from None
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ragrec import schema as S
+from ragrec.config import model_from_yaml
 from ragrec.data.dataset import InteractionData
 from ragrec.data.readers import Column, convert_columns, iter_lines, read_delimited, read_json_lines
 from ragrec.errors import DataFormatError, RagrecError
@@ -523,15 +523,7 @@ class DataMapping(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | PathLike[str]) -> DataMapping:
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text("utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-            raise DataFormatError(path, f"unreadable YAML ({e})") from None
-        try:
-            mapping = cls.model_validate(raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise DataFormatError(path, f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        mapping = model_from_yaml(cls, path)
         base = path.parent
         for table in (mapping.interactions, mapping.items, mapping.users):
             if table is not None and not Path(table.path).is_absolute():

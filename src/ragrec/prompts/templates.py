@@ -14,14 +14,12 @@ import re
 import string
 from collections.abc import Mapping
 from os import PathLike
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ragrec.config import model_from_yaml
 from ragrec.data.text import clean_text, truncate
-from ragrec.errors import DataFormatError
 
 __all__ = ["TASKS", "OutputContract", "PromptTemplate", "sanitize", "candidate_labels"]
 
@@ -105,16 +103,7 @@ class PromptTemplate(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | PathLike[str]) -> PromptTemplate:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text("utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-            raise DataFormatError(path, f"unreadable template ({e})") from None
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise DataFormatError(path, f"{'.'.join(map(str, err['loc'])) or 'template'}: {err['msg']}") from None
+        return model_from_yaml(cls, path)
 
     def render(self, context: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages ``[{"role": "system", ...}, {"role": "user", ...}]``.
