@@ -334,6 +334,16 @@ def report() -> None:
     _log(f"wrote {RESULTS / 'retrieval.json'} ({len(rows)} rows) and retrieval.md")
 
 
+_SYSTEM_COLORS = ["Popularity", "EASE (recency)", "SASRec (train only)", "SASRec (ragrec)", "Text (MiniLM)", "Hybrid"]
+
+
+def _color(system: str) -> str:
+    """The same colour for a system in every panel (peers in grey)."""
+    if system in _SYSTEM_COLORS:
+        return f"C{_SYSTEM_COLORS.index(system)}"
+    return "0.45"
+
+
 def _plot(parts: dict) -> None:
     import matplotlib
 
@@ -346,7 +356,7 @@ def _plot(parts: dict) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         for system, curve in parts[name]["curves"].items():
-            ax.plot(range(1, len(curve) + 1), curve, label=system)
+            ax.plot(range(1, len(curve) + 1), curve, label=system, color=_color(system))
         ax.set_title(f"{name}: Recall@K (test, history masked)")
         ax.set_xlabel("K")
         ax.grid(alpha=0.3)
