@@ -7,10 +7,12 @@ each format, so loaders can be checked against one expectation.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ragrec import paths
@@ -320,3 +322,51 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
+
+
+def hash_embedder(texts: list[str]) -> np.ndarray:
+    """A deterministic bag-of-words embedder: texts sharing words get similar vectors."""
+    out = np.zeros((len(texts), 64), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().split():
+            out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+    return out
+
+
+# Titles made of the tiny tokenizer's words, so the tiny model can write them.
+MOVIES = [("toy story", 1995, "comedy"), ("heat", 1995, "crime"), ("alien", 1979, "action"),
+          ("fargo", 1996, "crime"), ("clueless", 1995, "comedy"), ("goldeneye", 1995, "action"),
+          ("usual suspects", 1995, "crime"), ("amélie", 2001, "comedy"), ("drama", 1990, "drama"),
+          ("comedy", 1984, "comedy"), ("action", 1988, "action"), ("crime", 1999, "crime")]  # fmt: skip
+
+
+def movie_data(name: str = "movies"):
+    """Twelve movies, ten users walking the catalog, leave-one-out split."""
+    import pandas as pd
+
+    from ragrec import schema as S
+    from ragrec.data import InteractionData
+    from ragrec.data.split import leave_one_out
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(10):
+        start = int(rng.integers(0, len(MOVIES)))
+        for t in range(5 + u % 3):
+            rows.append((f"u{u}", f"m{(start + t) % len(MOVIES)}", t, float(1 + (u + t) % 5)))
+    inter = pd.DataFrame(rows, columns=[S.USER_ID, S.ITEM_ID, S.TIMESTAMP, S.RATING])
+    items = pd.DataFrame({S.ITEM_ID: [f"m{i}" for i in range(len(MOVIES))], S.TITLE: [m[0] for m in MOVIES],
+                          S.YEAR: [m[1] for m in MOVIES], S.CATEGORIES: [[m[2]] for m in MOVIES]})  # fmt: skip
+    return leave_one_out(InteractionData.from_frames(name, inter, items))
+
+
+def tiny_scenario(name: str = "movies", *, adapter=None, fusion_weight: float = 0.0, noun: str = "movie"):
+    """A scenario over :func:`movie_data` with a popularity retriever and a hash text encoder."""
+    from ragrec.inference import Scenario, ScenarioConfig
+    from ragrec.retrieval import PopularityEncoder, Retriever, TextEncoder, TextEncoderConfig
+
+    data = movie_data(name)
+    retriever = Retriever.build(PopularityEncoder.fit(data), data)
+    text = TextEncoder.fit(data, TextEncoderConfig(fields=("title", "categories")), embedder=hash_embedder)
+    config = ScenarioConfig(name=name, item_noun=noun, fusion_weight=fusion_weight)
+    return Scenario(config, data, retriever, text, adapter=adapter)

@@ -47,5 +47,5 @@ def test_random_model_can_only_write_catalog_items(generator, n):
 def test_rejects_bad_requests(generator):
     with pytest.raises(RagrecError, match="n must be >= 1"):
         generator.generate([], CATALOG, n=0)
-    with pytest.raises(RagrecError, match="not text"):
+    with pytest.raises(RagrecError, match="does not answer with text"):
         ConstrainedGenerator(generator.loaded, builtin_registry().get("default", "rank"))

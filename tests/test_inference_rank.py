@@ -74,5 +74,5 @@ def test_label_and_input_errors(ranker):
         ranker.rank(HIST[:2], CANDS[:1])
     with pytest.raises(RagrecError, match="at least one candidate"):
         ranker.rank([[]], [[]])
-    with pytest.raises(RagrecError, match="answers 'text', not a label"):
+    with pytest.raises(RagrecError, match="does not answer with a label"):
         LetterRanker(ranker.loaded, builtin_registry().get("default", "explain"))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import hash_embedder
 from ragrec import schema as S
 from ragrec.data import InteractionData, leave_one_out
 from ragrec.errors import CacheError, RagrecError
@@ -49,15 +48,6 @@ def walk_data() -> InteractionData:
     items = pd.DataFrame({S.ITEM_ID: [str(i) for i in range(N_ITEMS)] + ["new"],
                           S.TITLE: [_title(i) for i in range(N_ITEMS)] + ["heist story number caper"]})  # fmt: skip
     return leave_one_out(InteractionData.from_frames("walk", inter, items))
-
-
-def hash_embedder(texts: list[str]) -> np.ndarray:
-    """A deterministic bag-of-words embedder: texts sharing words get similar vectors."""
-    out = np.zeros((len(texts), 64), dtype=np.float32)
-    for row, text in enumerate(texts):
-        for word in text.lower().split():
-            out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
-    return out
 
 
 @pytest.fixture(scope="module")

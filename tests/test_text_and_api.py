@@ -68,6 +68,7 @@ def test_public_api_is_deliberate():
             "DownloadError",
             "Item",
             "RagrecError",
+            "Recommender",
             "UnknownNameError",
             "UserHistory",
             "__version__",
@@ -84,9 +85,11 @@ def test_public_api_is_deliberate():
 
 def test_subpackage_apis_resolve():
     import ragrec.eval
+    import ragrec.inference
+    import ragrec.prompts
     import ragrec.retrieval
 
-    for module in (ragrec.retrieval, ragrec.eval):
+    for module in (ragrec.retrieval, ragrec.eval, ragrec.inference, ragrec.prompts):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
     assert set(ragrec.retrieval.ENCODERS.names()) == {"ease", "hybrid", "popularity", "sasrec", "text"}

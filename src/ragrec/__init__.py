@@ -22,6 +22,16 @@ __all__ = [
     "Item",
     "RagrecError",
     "UnknownNameError",
+    "Recommender",
     "UserHistory",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # The Recommender pulls in torch and transformers: imported on first use, not with ragrec.
+    if name == "Recommender":
+        from ragrec.inference.recommender import Recommender
+
+        return Recommender
+    raise AttributeError(f"module 'ragrec' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import torch
 
 from ragrec.errors import RagrecError
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, history_block, sanitize
+from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["TitleTrie", "ConstrainedGenerator", "GeneratedList"]
@@ -26,6 +26,7 @@ __all__ = ["TitleTrie", "ConstrainedGenerator", "GeneratedList"]
 class _Node:
     children: dict[int, _Node] = field(default_factory=dict)
     item_ids: list[str] = field(default_factory=list)  # items whose title ends here
+    titles: int = 0  # distinct titles ending at or below this node
 
 
 class TitleTrie:
@@ -46,6 +47,13 @@ class TitleTrie:
             self.size += 1
         if not self.size:
             raise RagrecError("no item with a title to generate from")
+        order, stack = [], [self.root]  # count titles below each node, children before parents
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(node.children.values())
+        for node in reversed(order):
+            node.titles = bool(node.item_ids) + sum(c.titles for c in node.children.values())
 
     def walk(self, tokens: Sequence[int]) -> _Node | None:
         node = self.root
@@ -68,10 +76,7 @@ class ConstrainedGenerator:
     """Generates up to ``n`` titles from a trie with the ``generate`` template (greedy)."""
 
     def __init__(self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None) -> None:
-        if template.output.type != "text":
-            raise RagrecError(
-                f"template {template.scenario}/{template.task} answers {template.output.type!r}, not text"
-            )
+        template.require_output("text")
         self.loaded = loaded
         self.template = template
         self.budget = budget or PromptBudget()
@@ -87,7 +92,9 @@ class ConstrainedGenerator:
             raise RagrecError("the tokenizer has no single-token separator (newline, ';' or '|') for titles")
         self.eos = tok.eos_token_id
 
-    def _allowed(self, trie: TitleTrie, generated: list[int], n: int) -> list[int]:
+    def _allowed(
+        self, trie: TitleTrie, generated: list[int], n: int, excluded: frozenset[tuple[int, ...]] = frozenset()
+    ) -> list[int]:
         # Split what was generated into finished titles and the title in progress.
         parts, current = [], []
         for t in generated:
@@ -102,30 +109,52 @@ class ConstrainedGenerator:
         node = trie.walk(current)
         if node is None:  # cannot happen under the constraint; end safely
             return [self.eos]
-        written = {tuple(p) for p in done}
-        allowed = [t for t, child in node.children.items() if _has_unwritten(child, tuple(current) + (t,), written)]
+        written = {tuple(p) for p in done} | excluded
+        # A branch stays open while it holds a title not yet written (written titles are few).
+        depth = len(current)
+        below: dict[int, int] = {}
+        for p in written:
+            if len(p) > depth and list(p[:depth]) == current:
+                below[p[depth]] = below.get(p[depth], 0) + 1
+        allowed = [t for t, child in node.children.items() if child.titles > below.get(t, 0)]
         if node.item_ids and tuple(current) not in written and current:
             allowed += [self.sep, self.eos]
         return allowed or [self.eos]
 
     @torch.no_grad()
     def generate(
-        self, history: Sequence[Item], allowed: Sequence[Item], *, n: int = 5, item_noun: str = "item"
+        self,
+        history: Sequence[Item],
+        allowed: Sequence[Item] | TitleTrie,
+        *,
+        n: int = 5,
+        item_noun: str = "item",
+        exclude: Sequence[Item] = (),
     ) -> GeneratedList:
-        """Up to ``n`` distinct items from ``allowed`` (titles decoded under the trie constraint)."""
+        """Up to ``n`` distinct items from ``allowed`` (titles decoded under the trie constraint).
+
+        ``allowed`` is a list of items, or a :class:`TitleTrie` built once over them (a catalog
+        trie is worth keeping: building it tokenizes every title). Titles of ``exclude`` (e.g. the
+        user's history) are never written, as if already written."""
         if n < 1:
             raise RagrecError(f"n must be >= 1, got {n}")
         tok, model = self.loaded.tokenizer, self.loaded.model
-        trie = TitleTrie(tok, allowed, self.budget.max_item_chars)
+        trie = allowed if isinstance(allowed, TitleTrie) else TitleTrie(tok, allowed, self.budget.max_item_chars)
         messages = self.template.render(
             {"item_noun": item_noun, "history": history_block(history, self.budget), "n": str(n)}
         )
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = chat_text(tok, messages)
         enc = tok(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
         prompt_len = enc["input_ids"].shape[1]
 
+        excluded = frozenset(
+            tuple(tok.encode(sanitize(i.title, self.budget.max_item_chars), add_special_tokens=False))
+            for i in exclude
+            if i.title
+        )
+
         def allowed_fn(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-            return self._allowed(trie, input_ids[prompt_len:].tolist(), n)
+            return self._allowed(trie, input_ids[prompt_len:].tolist(), n, excluded)
 
         max_new = min(self.template.output.max_new_tokens * max(1, n), 64 * n)
         out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, prefix_allowed_tokens_fn=allowed_fn,
@@ -144,14 +173,3 @@ class ConstrainedGenerator:
             else:
                 current.append(t)
         return GeneratedList(tuple(items[:n]), tok.decode(generated, skip_special_tokens=True))
-
-
-def _has_unwritten(node: _Node, prefix: tuple[int, ...], written: set[tuple[int, ...]]) -> bool:
-    """Whether some title below ``node`` (reached by ``prefix``) has not been written yet."""
-    stack = [(node, prefix)]
-    while stack:
-        n, p = stack.pop()
-        if n.item_ids and p not in written:
-            return True
-        stack.extend((c, p + (t,)) for t, c in n.children.items())
-    return False

@@ -17,7 +17,7 @@ import torch
 
 from ragrec.errors import RagrecError
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, rank_context
+from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, count_tokens, fit_history, rank_context
 from ragrec.types import Item, RankedItem
 
 __all__ = ["LetterRanker"]
@@ -29,10 +29,7 @@ class LetterRanker:
     def __init__(
         self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None, batch_size: int = 8
     ) -> None:
-        if template.output.type != "label":
-            raise RagrecError(
-                f"template {template.scenario}/{template.task} answers {template.output.type!r}, not a label"
-            )
+        template.require_output("label")
         self.loaded = loaded
         self.template = template
         self.budget = budget or PromptBudget()
@@ -59,13 +56,18 @@ class LetterRanker:
         self, histories: Sequence[Sequence[Item]], candidates: Sequence[Sequence[Item]], item_noun: str
     ) -> tuple[list[str], list[list[str]]]:
         """Chat-formatted prompt strings (ending where the answer starts) and their labels."""
+        tok = self.loaded.tokenizer
         texts, labels = [], []
         for history, cands in zip(histories, candidates):
-            ctx, labs = rank_context(history, cands, item_noun, self.budget)
-            messages = self.template.render(ctx)
-            texts.append(
-                self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            history = list(history)[-self.budget.max_history :] if self.budget.max_history else []
+            _, labs = rank_context([], cands, item_noun, self.budget)
+            messages, _ = fit_history(
+                self.template,
+                lambda n, h=history, c=cands: rank_context(h[len(h) - n :] if n else [], c, item_noun, self.budget)[0],
+                lambda m: count_tokens(tok, m),
+                self.budget,
             )
+            texts.append(chat_text(tok, messages))
             labels.append(labs)
         return texts, labels
 

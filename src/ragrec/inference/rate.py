@@ -11,7 +11,7 @@ import torch
 from ragrec.data.text import render_item_text
 from ragrec.errors import RagrecError
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, history_block, sanitize
+from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["RatingPredictor", "RatingPrediction"]
@@ -30,8 +30,7 @@ class RatingPredictor:
     """Predicts ratings with the ``rate`` template (output contract: digits)."""
 
     def __init__(self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None) -> None:
-        if template.output.type != "digit" or not template.output.values:
-            raise RagrecError(f"template {template.scenario}/{template.task} does not answer with digits")
+        template.require_output("digit")
         self.loaded = loaded
         self.template = template
         self.budget = budget or PromptBudget()
@@ -62,7 +61,7 @@ class RatingPredictor:
                 render_item_text(item, max_chars=self.budget.max_item_chars * 2), self.budget.max_item_chars
             )
             msgs = self.template.render({"item_noun": item_noun, "history": block, "item": line})
-            texts.append(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+            texts.append(chat_text(tok, msgs))
         if not texts:
             return []
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(

@@ -14,7 +14,15 @@ from ragrec.errors import RagrecError
 from ragrec.prompts.templates import PromptTemplate, candidate_labels, sanitize
 from ragrec.types import Item
 
-__all__ = ["PromptBudget", "history_block", "candidate_block", "rank_context", "fit_history"]
+__all__ = [
+    "PromptBudget",
+    "history_block",
+    "candidate_block",
+    "rank_context",
+    "fit_history",
+    "chat_text",
+    "count_tokens",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,9 @@ def fit_history(
     does not fit (the candidates alone are too long).
     """
     lo, hi = 0, budget.max_history
+    full = template.render(make_context(hi))
+    if count_tokens(full) <= budget.max_tokens:  # the common case: one tokenisation
+        return full, hi
     if count_tokens(template.render(make_context(0))) > budget.max_tokens:
         raise RagrecError(f"prompt exceeds {budget.max_tokens} tokens even without history; use fewer candidates")
     while lo < hi:  # largest n that fits (token count grows with n)
@@ -86,3 +97,14 @@ def fit_history(
         else:
             hi = mid - 1
     return template.render(make_context(lo)), lo
+
+
+def chat_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Chat messages -> the prompt string, through the tokenizer's own chat template, ending
+    where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def count_tokens(tokenizer, messages: list[dict[str, str]]) -> int:
+    """Length in tokens of the chat-formatted prompt of ``messages``."""
+    return len(tokenizer(chat_text(tokenizer, messages), add_special_tokens=False)["input_ids"])

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragrec.config import model_from_yaml
 from ragrec.data.text import clean_text, truncate
+from ragrec.errors import RagrecError
 
 __all__ = ["TASKS", "OutputContract", "PromptTemplate", "sanitize", "candidate_labels"]
 
@@ -89,6 +90,15 @@ class PromptTemplate(BaseModel):
             if bad:
                 raise ValueError(f"placeholders must be plain names, got {bad}")
         return self
+
+    def require_output(self, kind: str) -> None:
+        """Raise :class:`RagrecError` unless this template answers with ``kind`` (label/text/digit)."""
+        names = {"label": "a label", "text": "text", "digit": "digits"}
+        if self.output.type != kind or (kind == "digit" and not self.output.values):
+            raise RagrecError(
+                f"template {self.scenario}/{self.task} does not answer with {names.get(kind, kind)} "
+                f"(its output is {self.output.type!r})"
+            )
 
     @property
     def key(self) -> tuple[str, str]:

@@ -1,0 +1,510 @@
+"""``Recommender``: retrieval + LLM, several scenarios on one base model, one typed API.
+
+A recommender holds one causal LM and, per scenario, a catalog (the scenario's
+:class:`~ragrec.data.InteractionData`), a :class:`~ragrec.retrieval.Retriever`, optionally a text
+encoder (chat queries), prompt templates (the scenario's own, else ``default``) and optionally a
+LoRA adapter. Requests name their scenario; the scenario's adapter is switched on for them (the
+base model alone serves scenarios without one), and batches are formed per scenario.
+
+Saved layout (``save_pretrained``; the base model is referenced by name, not copied)::
+
+    recommender.json                    config + scenario list
+    scenarios/<name>/scenario.json      item noun, fusion weight
+    scenarios/<name>/data/              the catalog and histories (Parquet)
+    scenarios/<name>/retriever/         encoder + FAISS index
+    scenarios/<name>/text/              text encoder (optional)
+    scenarios/<name>/templates/*.yaml   the scenario's own templates (optional)
+    scenarios/<name>/adapter/           peft LoRA adapter, safetensors (optional)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragrec import schema as S
+from ragrec.data.dataset import InteractionData
+from ragrec.errors import RagrecError, UnknownNameError
+from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
+from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
+from ragrec.inference.grounding import TitleMatcher
+from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
+from ragrec.inference.rank import LetterRanker
+from ragrec.inference.rate import RatingPrediction, RatingPredictor
+from ragrec.io import atomic_directory, atomic_write_text, read_json_meta
+from ragrec.prompts import PromptBudget, PromptTemplate, TemplateRegistry, builtin_registry
+from ragrec.retrieval import Retriever, TextEncoder, load_encoder
+from ragrec.types import Candidate, Item, RankedItem, UserHistory
+
+__all__ = ["Recommender", "RecommenderConfig", "Scenario", "ScenarioConfig", "Recommendation", "fuse_scores"]
+
+FORMAT_VERSION = 1
+RECOMMEND_TASKS = ("rank", "generate")
+
+
+class RecommenderConfig(BaseModel):
+    """How the LLM stage runs. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="Base LM: built-in alias, Hub id, local folder or .gguf file.")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub (off unless asked).")
+    candidates: int = Field(20, ge=1, le=26, description="Retrieved candidates the LLM ranks (lettered A-Z).")
+    permutations: int = Field(1, ge=1, description="Cyclic shifts averaged against position bias.")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass.")
+    max_history: int = Field(20, ge=0, description="Most recent history items shown in a prompt.")
+    max_item_chars: int = Field(90, ge=16, description="Longest rendered item line in a prompt.")
+    max_user_chars: int = Field(1000, ge=16, description="Longest chat message kept (the rest is cut, reported).")
+    max_tokens: int = Field(2048, ge=64, description="Longest prompt in tokens (also capped by the model's context).")
+    chat_candidates: int = Field(8, ge=1, le=26, description="Items retrieved for each chat turn.")
+    chat_turns: int = Field(3, ge=0, description="Earlier chat turns kept in the prompt.")
+
+    def budget(self, context: int | None = None) -> PromptBudget:
+        max_tokens = min(self.max_tokens, context) if context else self.max_tokens
+        return PromptBudget(self.max_history, self.max_item_chars, self.max_user_chars, max_tokens)
+
+
+class ScenarioConfig(BaseModel):
+    """What a scenario adds to its data and retriever."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Scenario name.")
+    item_noun: str = Field("item", max_length=40, description="What the catalog holds ('movie', 'game').")
+    fusion_weight: float = Field(0.0, ge=0, description="Weight of the retriever score fused with the LLM's.")
+
+
+@dataclass
+class Scenario:
+    """One scenario's catalog, retriever, optional text encoder, templates and adapter."""
+
+    config: ScenarioConfig
+    data: InteractionData
+    retriever: Retriever
+    text: TextEncoder | None = None
+    templates: TemplateRegistry = field(default_factory=TemplateRegistry)
+    adapter: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @cached_property
+    def histories(self) -> dict[str, UserHistory]:
+        """Known users' histories: train + valid when the data has a split (test stays held out)."""
+        return self.data.histories(splits=(S.TRAIN, S.VALID) if self.data.has_split else None)
+
+    @cached_property
+    def catalog(self) -> dict[str, Item]:
+        return {i: self.data.item(i) for i in self.data.item_ids()}
+
+    @cached_property
+    def matcher(self) -> TitleMatcher:
+        return TitleMatcher(self.catalog.values())
+
+    def item(self, item_id: str) -> Item:
+        try:
+            return self.catalog[item_id]
+        except KeyError:
+            raise RagrecError(_unknown_items([item_id], self)) from None
+
+
+def _unknown_items(ids: Sequence[str], sc: Scenario) -> str:
+    examples = ", ".join(repr(i) for i in list(sc.catalog)[:5])
+    return f"unknown item ids {list(ids)[:10]} in scenario {sc.name!r} ({len(sc.catalog)} items, e.g. {examples})"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A ranked list for one request. ``fallback`` says when the candidates did not come from the
+    user's history (unknown user, empty history); ``notes`` record any other adjustment."""
+
+    user_id: str | None
+    scenario: str
+    task: str
+    items: tuple[RankedItem, ...]
+    fallback: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [i.item_id for i in self.items]
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+
+
+def fuse_scores(llm: np.ndarray, retriever: np.ndarray, weight: float) -> np.ndarray:
+    """``z(llm) + weight * z(retriever)`` over one user's candidates (z: standardised per user),
+    so the weight means the same whatever the scales; ``weight`` 0 is the LLM alone."""
+    if weight == 0:
+        return np.asarray(llm, dtype=float)
+    return _standardise(np.asarray(llm, dtype=float)) + weight * _standardise(np.asarray(retriever, dtype=float))
+
+
+@dataclass
+class _Request:
+    user_id: str | None
+    history: UserHistory
+    fallback: str | None
+
+
+class Recommender:
+    """The inference API (see module docstring). Build with :meth:`from_pretrained` or from parts."""
+
+    def __init__(
+        self, loaded: LoadedModel, scenarios: Sequence[Scenario], config: RecommenderConfig | None = None
+    ) -> None:
+        if not scenarios:
+            raise RagrecError("a recommender needs at least one scenario")
+        names = [s.name for s in scenarios]
+        if len(set(names)) != len(names):
+            raise RagrecError(f"duplicate scenario names in {names}")
+        self.loaded = loaded
+        self.config = config or RecommenderConfig()
+        self.scenarios = {s.name: s for s in scenarios}
+        context = getattr(loaded.model.config, "max_position_embeddings", None)
+        self.budget = self.config.budget(context)
+        self.builtin = builtin_registry()
+        self._lock = threading.RLock()
+        self._tries: dict[str, TitleTrie] = {}
+        self.active_adapter: str | None = None  # the adapter in use for the last request (None: base model)
+        self._attach_adapters()
+
+    # ------------------------------------------------------------------ scenarios and adapters
+    @property
+    def default_scenario(self) -> str:
+        return next(iter(self.scenarios))
+
+    def scenario(self, name: str | None = None) -> Scenario:
+        """The named scenario (the first one when ``None``); the error lists the valid names."""
+        name = name or self.default_scenario
+        if name not in self.scenarios:
+            raise UnknownNameError("scenario", name, list(self.scenarios))
+        return self.scenarios[name]
+
+    def template(self, scenario: Scenario, task: str) -> PromptTemplate:
+        """The scenario's own template for ``task``, else the built-in one (scenario, then ``default``)."""
+        try:
+            return scenario.templates.get(scenario.name, task)
+        except UnknownNameError:
+            return self.builtin.get(scenario.name, task)
+
+    def _attach_adapters(self) -> None:
+        named = [(s.name, s.adapter) for s in self.scenarios.values() if s.adapter is not None]
+        if not named:
+            return
+        from peft import PeftModel
+
+        model = self.loaded.model
+        for name, path in named:
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise RagrecError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+        model.eval()
+        self.loaded.model = model
+
+    @contextlib.contextmanager
+    def use(self, scenario: Scenario) -> Iterator[None]:
+        """Hold the model for ``scenario``: its adapter on (or every adapter off), others waiting."""
+        with self._lock:
+            model = self.loaded.model
+            if hasattr(model, "peft_config"):
+                if scenario.adapter is not None:
+                    model.base_model.enable_adapter_layers()
+                    model.set_adapter(scenario.name)
+                else:
+                    model.base_model.disable_adapter_layers()
+            self.active_adapter = scenario.name if scenario.adapter is not None else None
+            yield
+
+    # ------------------------------------------------------------------ requests
+    def _requests(
+        self, sc: Scenario, user_ids: Sequence[str] | None, histories: Sequence[Sequence[str]] | None
+    ) -> list[_Request]:
+        if (user_ids is None) == (histories is None):
+            raise RagrecError("pass either user ids or histories")
+        out = []
+        if user_ids is not None:
+            for u in user_ids:
+                if u in sc.histories:
+                    out.append(_Request(u, sc.histories[u], None))
+                else:
+                    out.append(_Request(u, UserHistory(str(u), ()), f"unknown user {u!r}: popularity candidates"))
+        else:
+            assert histories is not None
+            for h in histories:
+                h = list(h)
+                unknown = [i for i in h if i not in sc.catalog]
+                if unknown:
+                    raise RagrecError(_unknown_items(unknown, sc))
+                out.append(
+                    _Request(None, UserHistory("", tuple(h)), None if h else "empty history: popularity candidates")
+                )
+        return out
+
+    def _retrieve(self, sc: Scenario, requests: Sequence[_Request], k: int) -> list[list[Candidate]]:
+        results = sc.retriever.retrieve(histories=[list(r.history.item_ids) for r in requests], k=k)
+        for req, res in zip(requests, results):
+            if res.fallback and req.fallback is None:
+                req.fallback = res.fallback
+        return [list(r.candidates) for r in results]
+
+    def _items(self, sc: Scenario, ids: Sequence[str]) -> list[Item]:
+        return [sc.catalog[i] for i in ids if i in sc.catalog]
+
+    def score_candidates(
+        self, scenario: str | Scenario, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """LLM scores (label log-probabilities, permutation-averaged) of each user's candidates, in
+        candidate order. The building block of ``recommend`` and of evaluation."""
+        sc = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
+        ranker = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
+                              batch_size=self.config.batch_size)  # fmt: skip
+        hist_items = [self._items(sc, h) for h in histories]
+        cand_items = [[sc.item(i) for i in c] for c in candidates]
+        with self.use(sc):
+            ranked = ranker.rank(hist_items, cand_items, item_noun=sc.config.item_noun,
+                                 permutations=self.config.permutations)  # fmt: skip
+        out = []
+        for cands, rk in zip(candidates, ranked):
+            by_id = {r.item_id: r.score for r in rk}
+            out.append(np.array([by_id[i] for i in cands]))
+        return out
+
+    def recommend_batch(
+        self,
+        user_ids: Sequence[str] | None = None,
+        *,
+        histories: Sequence[Sequence[str]] | None = None,
+        scenario: str | None = None,
+        k: int = 10,
+        task: str = "rank",
+    ) -> list[Recommendation]:
+        """``recommend`` for many users of one scenario at once (batched LLM passes)."""
+        sc = self.scenario(scenario)
+        if task not in RECOMMEND_TASKS:
+            raise UnknownNameError("recommend task", task, list(RECOMMEND_TASKS))
+        n = self.config.candidates
+        if not 1 <= k <= n:
+            raise RagrecError(f"k must be between 1 and {n} (the candidates the LLM ranks; see `candidates`), got {k}")
+        requests = self._requests(sc, user_ids, histories)
+        if not requests:
+            return []
+        cands = self._retrieve(sc, requests, min(n, len(sc.retriever.index)))
+        if task == "generate":
+            return [self._generate_one(sc, r, c, k) for r, c in zip(requests, cands)]
+        live = [j for j, cs in enumerate(cands) if cs]  # a user who has seen everything gets nothing to rank
+        llm = dict(zip(live, self.score_candidates(sc, [list(requests[j].history.item_ids) for j in live],
+                                                   [[c.item_id for c in cands[j]] for j in live])))  # fmt: skip
+        out = []
+        for j, (req, cs) in enumerate(zip(requests, cands)):
+            if j not in llm:
+                out.append(Recommendation(req.user_id, sc.name, "rank", (), req.fallback, ("no unseen candidates",)))
+                continue
+            s = llm[j]
+            retr = np.array([c.score for c in cs])
+            fused = fuse_scores(s, retr, sc.config.fusion_weight)
+            order = np.argsort(-fused, kind="stable")[:k]
+            items = tuple(
+                RankedItem(cs[i].item_id, float(fused[i]), r, None, float(retr[i])) for r, i in enumerate(order, 1)
+            )
+            out.append(Recommendation(req.user_id, sc.name, "rank", items, req.fallback))
+        return out
+
+    def recommend(
+        self,
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        scenario: str | None = None,
+        k: int = 10,
+        task: str = "rank",
+    ) -> Recommendation:
+        """Top-``k`` items for a known user (``user_id``) or an explicit ``history`` of item ids.
+
+        ``task``: ``rank`` (the LLM scores the retrieved candidates; fused with the retriever's
+        score by the scenario's ``fusion_weight``) or ``generate`` (the LLM writes titles,
+        constrained to the candidates). An unknown user gets popularity candidates, reported in
+        ``fallback``; unknown scenario, task or item ids raise errors naming the valid ones.
+        """
+        users = None if user_id is None else [user_id]
+        hist = None if history is None else [history]
+        if users is None and hist is None:
+            raise RagrecError("pass user_id or history")
+        return self.recommend_batch(users, histories=hist, scenario=scenario, k=k, task=task)[0]
+
+    def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
+        gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)
+        if allowed is None:  # the whole catalog, minus what the user has seen
+            if sc.name not in self._tries:
+                self._tries[sc.name] = TitleTrie(
+                    self.loaded.tokenizer, list(sc.catalog.values()), self.budget.max_item_chars
+                )
+            target: Sequence[Item] | TitleTrie = self._tries[sc.name]
+        else:
+            target = [sc.item(c.item_id) for c in allowed]
+        history = self._items(sc, req.history.item_ids)
+        with self.use(sc):
+            out = gen.generate(history, target, n=n, item_noun=sc.config.item_noun, exclude=history)
+        seen = set(req.history.item_ids)  # an item sharing its title with a seen one is excluded with it
+        kept = [i for i in out.item_ids if i not in seen]
+        notes = (f"the model wrote {len(kept)} of {n} titles before ending",) if len(kept) < n else ()
+        items = tuple(RankedItem(i, -float(r), r) for r, i in enumerate(kept, 1))
+        return Recommendation(req.user_id, sc.name, "generate", items, req.fallback, notes)
+
+    def generate(
+        self,
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        scenario: str | None = None,
+        n: int = 5,
+        over: Literal["catalog", "candidates"] = "catalog",
+    ) -> Recommendation:
+        """The LLM writes ``n`` titles, decoded under a trie of the catalog's titles (``over="catalog"``)
+        or of the retrieved candidates; every item returned exists (score = minus its position)."""
+        sc = self.scenario(scenario)
+        if not 1 <= n <= self.config.candidates:
+            raise RagrecError(f"n must be between 1 and {self.config.candidates}, got {n}")
+        if over not in ("catalog", "candidates"):
+            raise UnknownNameError("generation scope", over, ["catalog", "candidates"])
+        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        allowed = None
+        if over == "candidates":
+            allowed = self._retrieve(sc, [req], min(self.config.candidates, len(sc.retriever.index)))[0]
+        return self._generate_one(sc, req, allowed, n)
+
+    def explain(
+        self,
+        item_id: str,
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        scenario: str | None = None,
+        stream: bool = False,
+    ) -> Explanation | ExplanationStream:
+        """Why ``item_id`` suits the user, grounded in their history (see :class:`Explanation`).
+
+        With ``stream=True`` returns an :class:`ExplanationStream`: iterate for text pieces, then
+        read ``.explanation``."""
+        sc = self.scenario(scenario)
+        item = sc.item(item_id)
+        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        explainer = Explainer(self.loaded, self.template(sc, "explain"), sc.matcher, budget=self.budget)
+        hist = self._items(sc, req.history.item_ids)
+        if stream:
+            return explainer.stream(hist, item, item_noun=sc.config.item_noun, guard=lambda: self.use(sc))
+        with self.use(sc):
+            return explainer.explain(hist, item, item_noun=sc.config.item_noun)
+
+    def predict_rating(
+        self,
+        item_ids: Sequence[str],
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        ratings: Sequence[float | None] | None = None,
+        scenario: str | None = None,
+    ) -> list[RatingPrediction]:
+        """Expected 1-5 rating of each item (expectation over the digit tokens)."""
+        sc = self.scenario(scenario)
+        items = [sc.item(i) for i in item_ids]
+        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        if ratings is not None and len(ratings) != len(req.history):
+            raise RagrecError(f"{len(ratings)} ratings for a history of {len(req.history)} items")
+        given = ratings if ratings is not None else (req.history.ratings or [None] * len(req.history))
+        predictor = RatingPredictor(self.loaded, self.template(sc, "rate"), budget=self.budget)
+        with self.use(sc):
+            return predictor.predict(self._items(sc, req.history.item_ids), list(given), items,
+                                     item_noun=sc.config.item_noun)  # fmt: skip
+
+    def chat(self, user_id: str | None = None, *, history: Sequence[str] | None = None, scenario: str | None = None):
+        """A :class:`~ragrec.inference.chat.ChatSession` for follow-up questions by this user."""
+        from ragrec.inference.chat import ChatSession
+
+        sc = self.scenario(scenario)
+        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        return ChatSession(self, sc, req.history, user_id=req.user_id, fallback=req.fallback)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | PathLike[str]) -> Path:
+        """Write config, catalogs, retrievers, text encoders, templates and adapters (atomically)."""
+        path = Path(path)
+        with atomic_directory(path) as staging:
+            for sc in self.scenarios.values():
+                _save_scenario(sc, staging / "scenarios" / sc.name)
+            meta = {"format_version": FORMAT_VERSION, "config": self.config.model_dump(),
+                    "scenarios": list(self.scenarios)}  # fmt: skip
+            atomic_write_text(staging / "recommender.json", json.dumps(meta, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | PathLike[str], *, loaded: LoadedModel | None = None, embedder=None, **overrides: Any
+    ) -> Recommender:
+        """Load a saved recommender. ``overrides`` change config fields (e.g. ``quantization="4bit"``);
+        ``loaded`` supplies an already loaded model; ``embedder`` replaces the text model (tests)."""
+        path = Path(path)
+        meta = read_json_meta(path / "recommender.json", "recommender")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise RagrecError(f"{path}: recommender format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        config = RecommenderConfig(**{**meta["config"], **overrides})
+        scenarios = [_load_scenario(path / "scenarios" / name, embedder) for name in meta["scenarios"]]
+        if loaded is None:
+            loaded = load_model(config.model, quantization=config.quantization, dtype=config.dtype,
+                                device=config.device, trust_remote_code=config.trust_remote_code)  # fmt: skip
+        return cls(loaded, scenarios, config)
+
+
+def _save_scenario(sc: Scenario, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "scenario.json", sc.config.model_dump_json(indent=2) + "\n")
+    sc.data.save(folder / "data")
+    sc.retriever.save(folder / "retriever")
+    if sc.text is not None:
+        sc.text.save(folder / "text")
+    for tpl in sc.templates:
+        (folder / "templates").mkdir(exist_ok=True)
+        atomic_write_text(folder / "templates" / f"{tpl.task}.yaml",
+                          yaml.safe_dump(tpl.model_dump(mode="json", exclude_defaults=False), sort_keys=False))  # fmt: skip
+    if sc.adapter is not None:
+        shutil.copytree(sc.adapter, folder / "adapter")
+
+
+def _load_scenario(folder: Path, embedder=None) -> Scenario:
+    if not folder.is_dir():
+        raise RagrecError(f"{folder}: scenario folder missing")
+    config = ScenarioConfig(**read_json_meta(folder / "scenario.json", "scenario"))
+    text = None
+    if (folder / "text").is_dir():
+        text = load_encoder(folder / "text")
+        if not isinstance(text, TextEncoder):
+            raise RagrecError(f"{folder / 'text'}: not a text encoder ({text.kind})")
+        text._embedder = embedder
+    templates = TemplateRegistry()
+    if (folder / "templates").is_dir():
+        templates.load_dir(folder / "templates")
+    adapter = folder / "adapter" if (folder / "adapter").is_dir() else None
+    return Scenario(config, InteractionData.load(folder / "data"), Retriever.load(folder / "retriever"), text,
+                    templates, adapter)  # fmt: skip

@@ -1,0 +1,36 @@
+"""Grounding checks: which catalog items a text names, and unknown quoted titles."""
+
+from __future__ import annotations
+
+from ragrec import Item
+from ragrec.inference.grounding import TitleMatcher, attribute_explanation
+
+ITEMS = [
+    Item("1", "Heat", 1995, ("Crime", "Thriller")),
+    Item("2", "Usual Suspects, The", 1995, ("Crime",)),
+    Item("3", "Alien", 1979, ("Horror", "Sci-Fi")),
+    Item("4", "Aliens", 1986, ("Action", "Sci-Fi")),
+    Item("5", "Up", 2009, ("Animation",)),  # too short to match
+]
+
+
+def test_cites_whole_titles_longest_first():
+    m = TitleMatcher(ITEMS)
+    assert m.cited("Since you liked The Usual Suspects and heat, try Aliens.") == ["2", "1", "4"]
+    assert m.cited("An alien-free pick: Heatwave") == ["3"]  # 'alien' as a word; 'Heatwave' is not 'Heat'
+    assert m.cited("It sped up") == []
+
+
+def test_check_flags_outside_and_unknown_titles():
+    m = TitleMatcher(ITEMS)
+    g = m.check('You loved "Heat" (1995), so "Heat 2: Return" and Alien fit.', allowed={"1"})
+    assert g.cited == ("1", "3") and g.outside == ("3",) and g.unknown == ("Heat 2: Return",)
+    assert not g.grounded
+    ok = m.check('Like "Heat", it is a tense crime film.', allowed={"1"})
+    assert ok.grounded and ok.cited == ("1",)
+
+
+def test_attribute_explanation_uses_shared_categories():
+    text = attribute_explanation(ITEMS[1], [ITEMS[2], ITEMS[0]], "movie")
+    assert text == "You enjoyed Heat and Alien; Usual Suspects, The is also Crime."
+    assert "popular" in attribute_explanation(ITEMS[0], [], "movie")
