@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ragrec data pull ml-100k
-	$(VENV)/bin/ragrec data stats ml-100k
+	$(VENV)/bin/ragrec demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

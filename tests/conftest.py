@@ -172,14 +172,13 @@ def tabular_mapping(tmp_path: Path) -> Path:
     return mapping
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
+def run_cli(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     """Run ``python -m ragrec`` in a subprocess (as a user would); returns (code, stdout, stderr)."""
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "ragrec", *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-m", "ragrec", *args], capture_output=True, text=True, input=stdin,
+                          env=os.environ.copy(), timeout=300)  # fmt: skip
     return proc.returncode, proc.stdout, proc.stderr
 
 

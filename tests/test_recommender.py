@@ -185,7 +185,7 @@ def test_eval_prompts_hold_no_target_information(rec):
     sc = rec.scenario()
     users, histories, targets = eval_users(sc.data, S.TEST)
     ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
-    for user, hist, target in zip(users, histories, targets):
+    for hist, target in zip(histories, targets):
         assert target not in hist
         item = sc.catalog[target]
         cands = [sc.catalog[target], *(sc.catalog[i] for i in sorted(CATALOG - set(hist) - {target})[:3])]

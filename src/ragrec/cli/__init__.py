@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ragrec.cli.data import app as data_app
+from ragrec.cli.llm import chat_cmd, demo_cmd, explain_cmd, recommend_cmd, recommender_app
 from ragrec.cli.retrieval import eval_app, index_app, retriever_app
 from ragrec.errors import RagrecError
 
@@ -23,6 +24,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(retriever_app, name="retriever")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.add_typer(recommender_app, name="recommender")
+app.command("recommend")(recommend_cmd)
+app.command("explain")(explain_cmd)
+app.command("chat")(chat_cmd)
+app.command("demo")(demo_cmd)
 
 
 @app.callback()

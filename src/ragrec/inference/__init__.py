@@ -23,6 +23,7 @@ from ragrec.inference.recommender import (
     Scenario,
     ScenarioConfig,
     fuse_scores,
+    save_recommender,
 )
 
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "fuse_scores",
     "load_model",
     "resolve_model",
+    "save_recommender",
 ]

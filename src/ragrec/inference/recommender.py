@@ -48,7 +48,15 @@ from ragrec.prompts import PromptBudget, PromptTemplate, TemplateRegistry, built
 from ragrec.retrieval import Retriever, TextEncoder, load_encoder
 from ragrec.types import Candidate, Item, RankedItem, UserHistory
 
-__all__ = ["Recommender", "RecommenderConfig", "Scenario", "ScenarioConfig", "Recommendation", "fuse_scores"]
+__all__ = [
+    "Recommender",
+    "RecommenderConfig",
+    "Scenario",
+    "ScenarioConfig",
+    "Recommendation",
+    "fuse_scores",
+    "save_recommender",
+]
 
 FORMAT_VERSION = 1
 RECOMMEND_TASKS = ("rank", "generate")
@@ -450,14 +458,7 @@ class Recommender:
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | PathLike[str]) -> Path:
         """Write config, catalogs, retrievers, text encoders, templates and adapters (atomically)."""
-        path = Path(path)
-        with atomic_directory(path) as staging:
-            for sc in self.scenarios.values():
-                _save_scenario(sc, staging / "scenarios" / sc.name)
-            meta = {"format_version": FORMAT_VERSION, "config": self.config.model_dump(),
-                    "scenarios": list(self.scenarios)}  # fmt: skip
-            atomic_write_text(staging / "recommender.json", json.dumps(meta, indent=2) + "\n")
-        return path
+        return save_recommender(path, list(self.scenarios.values()), self.config)
 
     @classmethod
     def from_pretrained(
@@ -475,6 +476,21 @@ class Recommender:
             loaded = load_model(config.model, quantization=config.quantization, dtype=config.dtype,
                                 device=config.device, trust_remote_code=config.trust_remote_code)  # fmt: skip
         return cls(loaded, scenarios, config)
+
+
+def save_recommender(path: str | PathLike[str], scenarios: Sequence[Scenario], config: RecommenderConfig) -> Path:
+    """Write a recommender folder (see module docstring) without loading any model, atomically."""
+    path = Path(path)
+    with atomic_directory(path) as staging:
+        for sc in scenarios:
+            _save_scenario(sc, staging / "scenarios" / sc.name)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": config.model_dump(),
+            "scenarios": [s.name for s in scenarios],
+        }
+        atomic_write_text(staging / "recommender.json", json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def _save_scenario(sc: Scenario, folder: Path) -> None:

@@ -1,0 +1,216 @@
+"""``ragrec recommend | explain | chat | demo``, ``ragrec recommender build``, ``ragrec eval llm``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ragrec.cli.retrieval import eval_app
+
+console = Console(stderr=True)
+recommender_app = typer.Typer(
+    help="Assemble recommenders (retriever + LLM) from prepared datasets.", no_args_is_help=True
+)
+
+RecDir = Annotated[Path, typer.Argument(help="Saved recommender folder (from `ragrec recommender build` or the demo).")]
+User = Annotated[Optional[str], typer.Option("--user", help="User id.")]
+History = Annotated[str, typer.Option(help="Instead of --user: comma-separated item ids, oldest first.")]
+ScenarioOpt = Annotated[Optional[str], typer.Option(help="Scenario (default: the recommender's first).")]
+Quant = Annotated[Optional[str], typer.Option(help="Override the quantization: none | 8bit | 4bit.")]
+Device = Annotated[Optional[str], typer.Option(help="Override the device: auto | cpu | cuda.")]
+
+
+def _load(path: Path, quantization: str | None, device: str | None):
+    from ragrec.inference import Recommender
+
+    overrides = {k: v for k, v in {"quantization": quantization, "device": device}.items() if v}
+    return Recommender.from_pretrained(path, **overrides)
+
+
+def _who(user: str | None, history: str) -> dict:
+    from ragrec.errors import RagrecError
+
+    if (user is None) == (not history):
+        raise RagrecError("pass --user or --history")
+    return {"user_id": user} if user is not None else {"history": [h.strip() for h in history.split(",") if h.strip()]}
+
+
+@recommender_app.command("build")
+def build_cmd(
+    dataset: Annotated[str, typer.Argument(help="Prepared dataset (cache name or folder) with a split.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the recommender to.")],
+    scenario: Annotated[str, typer.Option(help="Scenario name.")] = "default",
+    item_noun: Annotated[str, typer.Option(help="What the catalog holds: movie, game, product...")] = "item",
+    encoder: Annotated[str, typer.Option(help="Retriever: ease | popularity.")] = "ease",
+    text: Annotated[bool, typer.Option(help="Embed item texts (MiniLM) for chat queries.")] = True,
+    model: Annotated[str, typer.Option(help="Base LM (alias, Hub id, folder, .gguf).")] = "smollm2-135m-instruct",
+    quantization: Annotated[str, typer.Option(help="none | 8bit | 4bit.")] = "none",
+    add_to: Annotated[Optional[Path], typer.Option(help="Add the scenario to this saved recommender instead.")] = None,
+) -> None:
+    """Train a retriever on DATASET and save a servable recommender (the LLM is loaded when serving)."""
+    from ragrec.data import load_prepared
+    from ragrec.errors import RagrecError
+    from ragrec.inference.recommender import FORMAT_VERSION, RecommenderConfig, _load_scenario, save_recommender
+    from ragrec.io import read_json_meta
+    from ragrec.pipeline import build_scenario
+
+    with console.status(f"training the {encoder} retriever on {dataset}..."):
+        sc = build_scenario(load_prepared(dataset), scenario, item_noun=item_noun, encoder=encoder, text=text)
+    scenarios, config = [sc], RecommenderConfig(model=model, quantization=quantization)
+    if add_to is not None:
+        meta = read_json_meta(add_to / "recommender.json", "recommender")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise RagrecError(f"{add_to}: recommender format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        if scenario in meta["scenarios"]:
+            raise RagrecError(f"{add_to} already has scenario {scenario!r}")
+        config = RecommenderConfig(**meta["config"])
+        scenarios = [_load_scenario(add_to / "scenarios" / n) for n in meta["scenarios"]] + scenarios
+    save_recommender(out, scenarios, config)
+    typer.echo(f"saved scenarios {[s.name for s in scenarios]} ({config.model}) -> {out}")
+
+
+def recommend_cmd(
+    rec_dir: RecDir,
+    user: User = None,
+    history: History = "",
+    scenario: ScenarioOpt = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
+    task: Annotated[str, typer.Option(help="rank | generate.")] = "rank",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+    quantization: Quant = None,
+    device: Device = None,
+) -> None:
+    """Recommend items for a user (or an explicit history)."""
+    rec = _load(rec_dir, quantization, device)
+    res = rec.recommend(**_who(user, history), scenario=scenario, k=k, task=task)
+    sc = rec.scenario(res.scenario)
+    if as_json:
+        typer.echo(json.dumps({"user_id": res.user_id, "scenario": res.scenario, "task": res.task,
+                               "fallback": res.fallback, "notes": list(res.notes),
+                               "items": [{**vars(i), "title": sc.catalog[i.item_id].title} for i in res.items]}))  # fmt: skip
+        return
+    if res.fallback:
+        console.print(f"[yellow]fallback:[/] {res.fallback}")
+    for i in res.items:
+        retr = f"  retriever {i.retriever_score:.3f}" if i.retriever_score is not None else ""
+        typer.echo(f"{i.rank:>3}. {sc.catalog[i.item_id].title}  [{i.item_id}]  score {i.score:.3f}{retr}")
+
+
+def explain_cmd(
+    rec_dir: RecDir,
+    item: Annotated[str, typer.Option(help="Item id to explain.")],
+    user: User = None,
+    history: History = "",
+    scenario: ScenarioOpt = None,
+    stream: Annotated[bool, typer.Option(help="Print the text as it is generated.")] = True,
+    quantization: Quant = None,
+    device: Device = None,
+) -> None:
+    """Explain why an item suits a user; the text is checked for grounding."""
+    rec = _load(rec_dir, quantization, device)
+    if stream:
+        s = rec.explain(item, **_who(user, history), scenario=scenario, stream=True)
+        for piece in s:
+            typer.echo(piece, nl=False)
+        typer.echo("")
+        exp = s.explanation
+        assert exp is not None
+        if exp.fallback:
+            console.print(f"[yellow]not grounded:[/] {exp.fallback}")
+            typer.echo(exp.text)
+    else:
+        exp = rec.explain(item, **_who(user, history), scenario=scenario)
+        typer.echo(exp.text)
+        if exp.fallback:
+            console.print(f"[yellow]note:[/] {exp.fallback}")
+
+
+def chat_cmd(
+    rec_dir: RecDir,
+    user: User = None,
+    history: History = "",
+    scenario: ScenarioOpt = None,
+    quantization: Quant = None,
+    device: Device = None,
+) -> None:
+    """Ask follow-up questions, one per line (interactive, or piped on stdin); 'exit' or EOF ends."""
+    from ragrec.errors import RagrecError
+
+    rec = _load(rec_dir, quantization, device)
+    session = rec.chat(**_who(user, history), scenario=scenario)
+    sc = session.scenario
+    interactive = sys.stdin.isatty()
+    if session.fallback:
+        console.print(f"[yellow]fallback:[/] {session.fallback}")
+    while True:
+        if interactive:
+            console.print("[bold]you>[/] ", end="")
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in ("exit", "quit"):
+            break
+        if not line.strip():
+            continue
+        try:
+            ans = session.ask(line)
+        except RagrecError as e:
+            console.print(f"[red]error:[/] {e}")
+            continue
+        typer.echo(f"ragrec> {ans.text}")
+        typer.echo("  items: " + "; ".join(f"{sc.catalog[i.item_id].title} [{i.item_id}]" for i in ans.items[:5]))
+        for note in ans.notes + ((ans.fallback,) if ans.fallback else ()):
+            console.print(f"  [dim]{note}[/]")
+
+
+def demo_cmd(
+    users: Annotated[int, typer.Option(help="Users to show recommendations for.")] = 3,
+    eval_users: Annotated[int, typer.Option(help="Test users in the evaluation table.")] = 100,
+    model: Annotated[Optional[str], typer.Option(help="Base LM (default: smollm2-135m-instruct).")] = None,
+) -> None:
+    """The main job: ML-100K + the default LM, recommendations with explanations, a small evaluation."""
+    from ragrec.pipeline import run_demo
+
+    run_demo(users=users, eval_users=eval_users, model=model, echo=typer.echo)
+
+
+@eval_app.command("llm")
+def eval_llm_cmd(
+    rec_dir: RecDir,
+    out: Annotated[Path, typer.Option(help="Report path stem: writes .json, .md and _recall.png.")],
+    scenario: ScenarioOpt = None,
+    users: Annotated[Optional[int], typer.Option(help="Sample this many test users (default: all).")] = None,
+    tune_users: Annotated[int, typer.Option(help="Validation users for choosing the fusion weight (0: skip).")] = 200,
+    permutations: Annotated[int, typer.Option(help="Cyclic shifts averaged against position bias.")] = 1,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    quantization: Quant = None,
+    device: Device = None,
+) -> None:
+    """Retriever vs retriever + LLM (zero-shot or adapter) on the test split, with paired bootstrap CIs."""
+    from ragrec import schema as S
+    from ragrec.eval.llm import choose_fusion_weight, llm_results, sample_users, score_llm
+    from ragrec.eval.report import compare, write_report
+
+    rec = _load(rec_dir, quantization, device)
+    rec.config.permutations = permutations
+    sc = rec.scenario(scenario)
+    systems: dict[str, float | None] = {"retriever": None, "retriever + LLM": 0.0}
+    extra = {}
+    if tune_users:
+        valid = score_llm(
+            rec, sc.name, split=S.VALID, users=sample_users(list(sc.data.targets(S.VALID)), tune_users, seed)
+        )
+        weight, tried = choose_fusion_weight(valid)
+        systems[f"retriever + LLM, fused (w={weight:g} on valid)"] = weight
+        extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
+    test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
+    results = llm_results(test, systems)
+    comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
+    written = write_report(out, [r.row() for r in results], title=f"LLM stage on {sc.data.name} (test)",
+                           results=results, comparisons=comparisons, extra=extra)  # fmt: skip
+    for r in results:
+        console.print(f"{r.system}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.metrics().items()))
+    console.print("wrote " + ", ".join(str(p) for p in written.values()))

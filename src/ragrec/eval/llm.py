@@ -1,0 +1,118 @@
+"""Two-stage evaluation of the LLM stage: the retriever's candidates, re-ranked by the LLM.
+
+For each evaluated user the retriever returns ``k`` candidates for their history at that point
+(PROTOCOL.md: train for ``valid``, train + valid for ``test``; seen items excluded). The target's
+rank is its position in the re-ranked list, ``inf`` when the retriever missed it, so a re-ranker
+can only move targets the retriever found. Ranks are pessimistic: a tie with the target counts
+against it. One LLM pass serves every fusion weight: ``score = z(llm) + w * z(retriever)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ragrec import schema as S
+from ragrec.eval.protocol import EvalResult, eval_users
+from ragrec.inference.recommender import Recommender, fuse_scores
+from ragrec.ranking import metric_table
+
+__all__ = ["LLMScores", "score_llm", "llm_results", "choose_fusion_weight", "sample_users"]
+
+
+@dataclass
+class LLMScores:
+    """Per user: candidate ids (retriever order), retriever and LLM scores, target position."""
+
+    dataset: str
+    split: str
+    users: list[str]
+    candidates: list[list[str]]
+    retriever: list[np.ndarray]
+    llm: list[np.ndarray]
+    target_pos: np.ndarray  # (U,) index of the target among the candidates, -1 when not retrieved
+
+    def ranks(self, weight: float | None) -> np.ndarray:
+        """Pessimistic 1-based ranks: ``weight=None`` the retriever's order, else the fused LLM score."""
+        out = np.full(len(self.users), np.inf)
+        for u, pos in enumerate(self.target_pos):
+            if pos < 0:
+                continue
+            s = self.retriever[u] if weight is None else fuse_scores(self.llm[u], self.retriever[u], weight)
+            if weight is None:
+                out[u] = pos + 1  # the retriever's own order (its ties broken as it returned them)
+            else:
+                out[u] = int((s >= s[pos]).sum())  # ties count against the target
+        return out
+
+
+def sample_users(users: Sequence[str], n: int | None, seed: int = 0) -> list[str]:
+    """``n`` users drawn without replacement (all when ``n`` is ``None`` or too large), in input order."""
+    if n is None or n >= len(users):
+        return list(users)
+    keep = set(np.random.default_rng(seed).choice(len(users), size=n, replace=False).tolist())
+    return [u for j, u in enumerate(users) if j in keep]
+
+
+def score_llm(
+    rec: Recommender,
+    scenario: str | None = None,
+    *,
+    split: str = S.TEST,
+    users: Sequence[str] | None = None,
+    chunk: int = 32,
+    progress: bool = True,
+) -> LLMScores:
+    """Retrieve and LLM-score the candidates of ``users`` (default: every user with a target)."""
+    sc = rec.scenario(scenario)
+    all_users, histories, targets = eval_users(sc.data, split)
+    wanted = set(users) if users is not None else None
+    rows = [j for j, u in enumerate(all_users) if wanted is None or u in wanted]
+    k = min(rec.config.candidates, len(sc.retriever.index))
+    out = LLMScores(sc.data.name, split, [], [], [], [], np.zeros(0, dtype=int))
+    positions = []
+    bar = tqdm(total=len(rows), desc=f"LLM rank ({split})", disable=not progress, leave=False)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        hist = [list(histories[j]) for j in part]
+        results = sc.retriever.retrieve(histories=hist, k=k)
+        cands = [r.item_ids for r in results]
+        live = [i for i, c in enumerate(cands) if c]
+        scored = rec.score_candidates(sc, [hist[i] for i in live], [cands[i] for i in live])
+        llm = dict(zip(live, scored))
+        for i, (j, res) in enumerate(zip(part, results)):
+            out.users.append(all_users[j])
+            out.candidates.append(cands[i])
+            out.retriever.append(np.array([c.score for c in res.candidates]))
+            out.llm.append(llm.get(i, np.zeros(0)))
+            positions.append(cands[i].index(targets[j]) if targets[j] in cands[i] else -1)
+        bar.update(len(part))
+    bar.close()
+    out.target_pos = np.array(positions, dtype=int)
+    return out
+
+
+def choose_fusion_weight(scores: LLMScores, grid: Sequence[float] = (0, 0.25, 0.5, 1, 2, 4, 8)) -> tuple[float, dict]:
+    """The weight of ``grid`` with the best NDCG@10 on ``scores`` (use validation scores)."""
+    tried = {float(w): metric_table(scores.ranks(w), (10,))["ndcg@10"] for w in grid}
+    best = max(tried, key=lambda w: (tried[w], -w))  # ties: the smaller weight
+    return best, tried
+
+
+def llm_results(scores: LLMScores, systems: dict[str, float | None]) -> list[EvalResult]:
+    """One :class:`EvalResult` per named system: ``None`` = retriever order, a number = fusion weight."""
+    return [
+        EvalResult(
+            name,
+            scores.dataset,
+            scores.split,
+            list(scores.users),
+            scores.ranks(w),
+            True,
+            {"k": len(scores.candidates[0]) if scores.candidates else 0, "fusion_weight": w},
+        )  # fmt: skip
+        for name, w in systems.items()
+    ]

@@ -1,0 +1,130 @@
+"""Assembling a servable scenario from a prepared dataset, and the README's demo.
+
+``build_scenario`` trains a fast retriever (recency-weighted EASE: seconds on ML-100K, within a
+few percent of SASRec there), indexes it, and optionally embeds item texts for chat.
+``run_demo`` is ``make demo``: ML-100K + the default model, recommendations with explanations
+for a few users, and a small evaluation table (retriever vs retriever + zero-shot LLM).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragrec import schema as S
+from ragrec.data.dataset import InteractionData
+from ragrec.errors import RagrecError
+
+__all__ = ["build_scenario", "run_demo", "DemoReport"]
+
+
+def build_scenario(
+    data: InteractionData,
+    name: str,
+    *,
+    item_noun: str = "item",
+    encoder: str = "ease",
+    text: bool = True,
+    embedder=None,
+    factory: str = "Flat",
+):
+    """A :class:`~ragrec.inference.Scenario` over ``data`` (which needs a split).
+
+    ``encoder``: ``ease`` (recency-weighted EASE, l2 1000, decay 0.8: the setting chosen on
+    ML-100K validation) or ``popularity``; ``text`` adds a MiniLM text encoder for chat queries.
+    """
+    from ragrec.inference import Scenario, ScenarioConfig
+    from ragrec.retrieval import EASEConfig, EASEEncoder, PopularityEncoder, Retriever, TextEncoder
+
+    if not data.has_split:
+        raise RagrecError(f"dataset {data.name!r} has no split; prepare it with one")
+    if encoder == "ease":
+        enc = EASEEncoder.fit(data, EASEConfig(l2=1000.0, decay=0.8), splits=(S.TRAIN,))
+    elif encoder == "popularity":
+        enc = PopularityEncoder.fit(data)
+    else:
+        raise RagrecError(f"unknown scenario encoder {encoder!r}; valid: ease, popularity")
+    retriever = Retriever.build(enc, data, factory=factory, scenario=name)
+    text_enc = TextEncoder.fit(data, embedder=embedder) if text else None
+    return Scenario(ScenarioConfig(name=name, item_noun=item_noun), data, retriever, text_enc)
+
+
+def first_sentence(text: str) -> str:
+    """The text up to its first sentence end (all of it when there is none)."""
+    m = re.search(r"(?<=[.!?])\s", text)
+    return text[: m.start()] if m else text
+
+
+@dataclass
+class DemoReport:
+    """What the demo printed, for tests and for the README."""
+
+    recommendations: list = field(default_factory=list)
+    explanations: list = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    saved: Path | None = None
+
+
+def run_demo(
+    *,
+    dataset: str = "ml-100k",
+    model: str | None = None,
+    users: int = 3,
+    eval_users: int = 100,
+    k: int = 5,
+    out: Path | None = None,
+    echo: Callable[[str], None] = print,
+    loaded=None,
+    embedder=None,
+) -> DemoReport:
+    """Pull ``dataset``, build a scenario and a recommender on ``model`` (the default LM when
+    ``None``), print recommendations + explanations for ``users`` users, then evaluate retriever
+    vs retriever + zero-shot LLM on ``eval_users`` sampled test users."""
+    from ragrec import paths
+    from ragrec.data import load_prepared, pull
+    from ragrec.data.sources import cached_names
+    from ragrec.eval.llm import llm_results, sample_users, score_llm
+    from ragrec.eval.report import markdown_table
+    from ragrec.inference import DEFAULT_MODEL, Recommender, RecommenderConfig, load_model
+
+    if dataset in cached_names() or Path(dataset).is_dir():
+        data = load_prepared(dataset)
+    else:
+        report = pull(dataset)
+        echo(
+            f"pulled {dataset} from {report.origin}"
+            + (f" ({report.fallback_reason})" if report.fallback_reason else "")
+        )
+        data = report.data
+    echo(f"{data.name}: {len(data.user_ids())} users, {len(data.item_ids())} items; training the retriever (EASE)...")
+    scenario = build_scenario(data, "movies", item_noun="movie", embedder=embedder)
+    config = RecommenderConfig(model=model or DEFAULT_MODEL)
+    echo(f"loading {config.model} ...")
+    loaded = loaded or load_model(config.model)
+    echo(f"model: {loaded.source} on {loaded.device} ({loaded.dtype})")
+    rec = Recommender(loaded, [scenario], config)
+    result = DemoReport()
+    for user in sorted(scenario.histories, key=lambda u: int(u) if u.isdigit() else u)[:users]:
+        r = rec.recommend(user, k=k)
+        result.recommendations.append(r)
+        recent = ", ".join(scenario.catalog[i].title or i for i in scenario.histories[user].item_ids[-3:])
+        echo(f"\nuser {user} (recently: {recent})")
+        for it in r.items:
+            echo(f"  {it.rank}. {scenario.catalog[it.item_id].title} ({scenario.catalog[it.item_id].year})  "
+                 f"llm {it.score:.3f}  retriever {it.retriever_score:.3f}")  # fmt: skip
+        exp = rec.explain(r.items[0].item_id, user)
+        result.explanations.append(exp)
+        echo(f"  why #1: {first_sentence(exp.text)}" + (f"  [{exp.fallback}]" if exp.fallback else ""))
+    sample = sample_users(list(data.targets(S.TEST)), eval_users)
+    echo(f"\nevaluating on {len(sample)} test users ({rec.config.candidates} candidates each)...")
+    scores = score_llm(rec, split=S.TEST, users=sample)
+    results = llm_results(scores, {"retriever (EASE)": None, "retriever + zero-shot LLM": 0.0,
+                                   "LLM fused with retriever (w=1)": 1.0})  # fmt: skip
+    result.rows = [r.row() for r in results]
+    echo(markdown_table(result.rows, ("users", "ndcg@10", "recall@10", "mrr@10")))
+    target = out or paths.home() / "demo" / "recommender"
+    result.saved = rec.save_pretrained(target)
+    echo(f"\nsaved the recommender to {target} (try: ragrec recommend {target} --user 1)")
+    return result

@@ -1,0 +1,71 @@
+"""The LLM-stage commands end to end on a tiny random model: recommend, explain, chat, eval llm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli, tiny_scenario
+from ragrec.inference import RecommenderConfig, save_recommender
+
+
+@pytest.fixture(scope="module")
+def rec_dir(tiny_lm_dir, tmp_path_factory):
+    sc = tiny_scenario()
+    sc.text = None  # the subprocess would load the real text model; chat then retrieves by history only
+    cfg = RecommenderConfig(model=str(tiny_lm_dir), device="cpu", candidates=5)
+    return save_recommender(tmp_path_factory.mktemp("cli") / "rec", [sc], cfg)
+
+
+def test_recommend_json_and_errors(rec_dir):
+    code, out, err = run_cli("recommend", str(rec_dir), "--user", "u1", "-k", "3", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["scenario"] == "movies" and len(res["items"]) == 3 and res["fallback"] is None
+    assert all(i["item_id"].startswith("m") and i["title"] for i in res["items"])
+    code, out, err = run_cli("recommend", str(rec_dir), "--user", "ghost", "-k", "2")
+    assert code == 0 and "unknown user 'ghost'" in err and len(out.strip().splitlines()) == 2
+    code, _, err = run_cli("recommend", str(rec_dir), "--user", "u1", "--scenario", "games")
+    assert code == 2 and "unknown scenario 'games'; valid: movies" in err
+    code, _, err = run_cli("recommend", str(rec_dir), "--history", "m1,nope", "-k", "2")
+    assert code == 2 and "unknown item ids ['nope']" in err
+
+
+def test_explain_streams_and_chat_reads_stdin(rec_dir):
+    code, out, err = run_cli("explain", str(rec_dir), "--user", "u1", "--item", "m3")
+    assert code == 0, err
+    assert out.strip()
+    questions = "why heat?\n\nonly 90s movies\n" + "x" * 10_000 + "\nexit\nnever asked\n"
+    code, out, err = run_cli("chat", str(rec_dir), "--user", "u2", stdin=questions)
+    assert code == 0, err
+    assert out.count("ragrec> ") == 3 and "never asked" not in out
+    assert "filter: 1990s" in err and "message cut from 10000 to 1000 characters" in err
+
+
+def test_eval_llm_writes_a_report(rec_dir, tmp_path):
+    code, _, err = run_cli("eval", "llm", str(rec_dir), "--out", str(tmp_path / "llm"), "--tune-users", "5")
+    assert code == 0, err
+    report = json.loads((tmp_path / "llm.json").read_text())
+    systems = [r["system"] for r in report["rows"]]
+    assert systems[:2] == ["retriever", "retriever + LLM"] and systems[2].startswith("retriever + LLM, fused")
+    assert all(r["users"] == 10 for r in report["rows"])
+    assert (tmp_path / "llm.md").is_file() and (tmp_path / "llm_recall.png").is_file()
+
+
+def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
+    from conftest import hash_embedder, movie_data
+    from ragrec.inference import Recommender, load_model
+    from ragrec.pipeline import run_demo
+
+    folder = movie_data().save(tmp_path / "movies")
+    lines: list[str] = []
+    report = run_demo(dataset=str(folder), users=2, eval_users=6, k=3, out=tmp_path / "rec", echo=lines.append,
+                      loaded=load_model(str(tiny_lm_dir), device="cpu"), embedder=hash_embedder)  # fmt: skip
+    assert len(report.recommendations) == 2 and all(len(r.items) == 3 for r in report.recommendations)
+    assert all(e.text for e in report.explanations)
+    assert [r["system"] for r in report.rows][0] == "retriever (EASE)" and report.rows[0]["users"] == 6
+    assert any(line.startswith("| movies |") for line in "\n".join(lines).splitlines())
+    again = Recommender.from_pretrained(report.saved, loaded=load_model(str(tiny_lm_dir), device="cpu"),
+                                        embedder=hash_embedder)  # fmt: skip
+    assert again.recommend(report.recommendations[0].user_id, k=3).item_ids == report.recommendations[0].item_ids
