@@ -1,30 +1,41 @@
 """The LLM stage: model loading and quantization, verbalizer ranking, constrained generation,
-explanations, rating prediction, chat, and the ``Recommender`` API that serves them per scenario."""
+explanations, rating prediction, chat, and the ``Recommender`` API that serves them per scenario.
 
-from ragrec.inference.chat import ChatAnswer, ChatSession
-from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
-from ragrec.inference.generate import ConstrainedGenerator, GeneratedList, TitleTrie
-from ragrec.inference.grounding import Grounding, TitleMatcher
-from ragrec.inference.models import (
-    DEFAULT_MODEL,
-    MODELS,
-    LoadedModel,
-    ModelSpec,
-    convert_gguf,
-    load_model,
-    resolve_model,
-)
-from ragrec.inference.rank import LetterRanker
-from ragrec.inference.rate import RatingPrediction, RatingPredictor
-from ragrec.inference.recommender import (
-    Recommendation,
-    Recommender,
-    RecommenderConfig,
-    Scenario,
-    ScenarioConfig,
-    fuse_scores,
-    save_recommender,
-)
+Names are imported from their submodules on first use, so that e.g. the verbalizer ranker
+needs neither FAISS nor the retrieval stack.
+"""
+
+import importlib
+
+_WHERE = {
+    "ChatAnswer": "ragrec.inference.chat",
+    "ChatSession": "ragrec.inference.chat",
+    "ConstrainedGenerator": "ragrec.inference.generate",
+    "DEFAULT_MODEL": "ragrec.inference.models",
+    "Explainer": "ragrec.inference.explain",
+    "Explanation": "ragrec.inference.explain",
+    "ExplanationStream": "ragrec.inference.explain",
+    "GeneratedList": "ragrec.inference.generate",
+    "Grounding": "ragrec.inference.grounding",
+    "LetterRanker": "ragrec.inference.rank",
+    "LoadedModel": "ragrec.inference.models",
+    "MODELS": "ragrec.inference.models",
+    "ModelSpec": "ragrec.inference.models",
+    "RatingPrediction": "ragrec.inference.rate",
+    "RatingPredictor": "ragrec.inference.rate",
+    "Recommendation": "ragrec.inference.recommender",
+    "Recommender": "ragrec.inference.recommender",
+    "RecommenderConfig": "ragrec.inference.recommender",
+    "Scenario": "ragrec.inference.recommender",
+    "ScenarioConfig": "ragrec.inference.recommender",
+    "TitleMatcher": "ragrec.inference.grounding",
+    "TitleTrie": "ragrec.inference.generate",
+    "convert_gguf": "ragrec.inference.models",
+    "fuse_scores": "ragrec.inference.recommender",
+    "load_model": "ragrec.inference.models",
+    "resolve_model": "ragrec.inference.models",
+    "save_recommender": "ragrec.inference.recommender",
+}
 
 __all__ = [
     "ChatAnswer",
@@ -55,3 +66,15 @@ __all__ = [
     "resolve_model",
     "save_recommender",
 ]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ragrec.inference' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,240 @@
+"""Latency and memory of a rank request (20 candidates) on the default model, per precision.
+
+For each precision (CPU: fp32, bf16, 8bit, 4bit; CUDA: fp16, bf16, 8bit, 4bit):
+* p50 / p95 seconds of one request (batch 1, one forward pass with ``logits_to_keep=1``);
+* throughput of batched requests (prompts per second, batch 8);
+* the model's memory footprint (``get_memory_footprint``) and its ratio to fp16's;
+* achieved FLOP/s (2 x non-embedding parameters x tokens + attention) as a fraction of a
+  measured dense-matmul peak of the same device and dtype.
+And, for one precision, the time of generation-based listwise ranking (the model writes the
+ordered list of all 20 candidate titles, as LLMRank does) over the verbalizer's single pass.
+
+Prompts are real ML-100K rank prompts (from ``llm_rank.py --stages prepare``), or written by
+``--export-prompts`` to a small file that travels to another machine. ``--random-init`` builds
+the model from its config with random weights (same shapes, same speed).
+
+    python benchmarks/latency.py                       # CPU, writes results/latency.json + .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WORK = HERE.parent / ".bench"
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def export_prompts(src: Path, out: Path, n: int = 64) -> None:
+    """The first ``n`` test prompts of llm_rank's work file, with their labels and candidate titles."""
+    work = json.loads(src.read_text())["test"]
+    out.write_text(json.dumps({"prompts": work["prompts"][0][:n], "labels": work["labels"][0][:n]}))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, reps: int = 10) -> float:
+    """Best FLOP/s of a square matmul on this device: the practical peak we measure against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * size**3 / (time.perf_counter() - t0))
+    return best
+
+
+def forward_flops(model, tokens: int) -> float:
+    """2 x non-embedding parameters x tokens, plus QK^T and AV attention (2 x 2 x L x T^2 x d)."""
+    cfg = model.config
+    # Linear layers by their shapes (bitsandbytes packs 4-bit weights, so numel() would undercount).
+    params = sum(m.in_features * m.out_features for n, m in model.named_modules()
+                 if hasattr(m, "in_features") and hasattr(m, "out_features") and "lm_head" not in n)  # fmt: skip
+    attn = 4 * cfg.num_hidden_layers * tokens * tokens * cfg.hidden_size
+    return 2 * params * tokens + attn + 2 * cfg.hidden_size * cfg.vocab_size  # + one lm_head row
+
+
+def _random_folder(spec: str, tmp: Path) -> str:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(spec)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(spec).save_pretrained(tmp)
+    return str(tmp)
+
+
+def measure(spec: str, precision: str, prompts: list[str], labels: list[list[str]], device: str, reps: int) -> dict:
+    from ragrec.inference import LetterRanker, load_model
+    from ragrec.prompts import PromptBudget, builtin_registry
+
+    quant = precision if precision in ("8bit", "4bit") else "none"
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(precision, "auto")
+    loaded = load_model(spec, quantization=quant, dtype=dtype, device=device)
+    model = loaded.model
+    ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget(max_tokens=4096),
+                          batch_size=8)  # fmt: skip
+    tokens = [len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    for i in range(3):  # warm-up
+        ranker.label_scores(prompts[i : i + 1], labels[i : i + 1])
+    times = []
+    for i in range(reps):
+        j = i % len(prompts)
+        _sync(device)
+        t0 = time.perf_counter()
+        ranker.label_scores(prompts[j : j + 1], labels[j : j + 1])
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    _sync(device)
+    t0 = time.perf_counter()
+    ranker.label_scores(prompts, labels)
+    _sync(device)
+    batched = time.perf_counter() - t0
+    flops = [forward_flops(model, t) for t in tokens[: len(times)]]
+    achieved = statistics.median(f / t for f, t in zip(flops * (len(times) // len(flops) + 1), times))
+    return {
+        "precision": precision,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "p50_s": statistics.median(times),
+        "p95_s": float(np.percentile(times, 95)),
+        "requests": len(times),
+        "batched_prompts_per_s": len(prompts) / batched,
+        "batch_size": 8,
+        "memory_bytes": int(model.get_memory_footprint()),
+        "median_prompt_tokens": int(statistics.median(tokens)),
+        "achieved_flops": achieved,
+        "_loaded": loaded,
+        "_ranker": ranker,
+    }
+
+
+def generation_ratio(entry: dict, prompts: list[str], labels: list[list[str]], reps: int = 5) -> dict:
+    """Listwise generation (all 20 titles written in order) vs one verbalizer pass, same prompts."""
+    loaded, ranker = entry["_loaded"], entry["_ranker"]
+    tok, model, device = loaded.tokenizer, loaded.model, loaded.device
+    ratios, gen_times, new_tokens = [], [], []
+    for i in range(reps):
+        text = prompts[i]
+        # The list the model would write: every candidate line of the prompt, in some order.
+        lines = [ln for ln in text.splitlines() if re.match(r"[A-Z]{1,2}\. ", ln)]
+        answer = "\n".join(ln.split(". ", 1)[1] for ln in lines[-len(labels[i]) :])
+        n_new = len(tok(answer, add_special_tokens=False)["input_ids"])
+        enc = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():  # forced to full length so the timing does not depend on when it stops
+            model.generate(**enc, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                           pad_token_id=tok.pad_token_id)  # fmt: skip
+        _sync(device)
+        g = time.perf_counter() - t0
+        _sync(device)
+        t0 = time.perf_counter()
+        ranker.label_scores([text], [labels[i]])
+        _sync(device)
+        v = time.perf_counter() - t0
+        ratios.append(g / v)
+        gen_times.append(g)
+        new_tokens.append(n_new)
+    return {"precision": entry["precision"], "generation_s_median": statistics.median(gen_times),
+            "generated_tokens_median": int(statistics.median(new_tokens)),
+            "ratio_median": statistics.median(ratios), "ratios": ratios}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precisions", nargs="*", default=None)
+    p.add_argument("--prompts", type=Path, default=WORK / "latency_prompts.json")
+    p.add_argument("--export-prompts", action="store_true", help="write --prompts from llm_rank's work file, exit")
+    p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    args = p.parse_args(argv)
+    if args.export_prompts:
+        export_prompts(WORK / "llm_rank_prompts.json", args.prompts)
+        return
+    cuda = args.device.startswith("cuda")
+    precisions = args.precisions or (["fp16", "bf16", "8bit", "4bit"] if cuda else ["fp32", "bf16", "8bit", "4bit"])
+    data = json.loads(args.prompts.read_text())
+    prompts, labels = data["prompts"], data["labels"]
+    spec = args.model
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.random_init:
+            from ragrec.inference import resolve_model
+
+            spec = _random_folder(resolve_model(spec)[0] if not Path(spec).is_dir() else spec, Path(tmp))
+        rows, ratio = [], None
+        for prec in precisions:
+            _log(f"{prec} ...")
+            entry = measure(spec, prec, prompts, labels, args.device, args.reps)
+            peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+                prec, torch.bfloat16 if cuda else torch.float32
+            )
+            entry["matmul_peak_flops"] = matmul_peak(args.device, peak_dtype)
+            entry["flops_fraction_of_peak"] = entry["achieved_flops"] / entry["matmul_peak_flops"]
+            if ratio is None and prec in ("fp32", "bf16") and (prec == "fp32" or cuda):
+                ratio = generation_ratio(entry, prompts, labels)
+            rows.append({k: v for k, v in entry.items() if not k.startswith("_")})
+            del entry
+            if cuda:
+                torch.cuda.empty_cache()
+            _log(f"{prec}: p50 {rows[-1]['p50_s'] * 1000:.1f} ms, {rows[-1]['batched_prompts_per_s']:.1f} prompts/s, "
+                 f"{rows[-1]['memory_bytes'] / 2**20:.0f} MiB, {rows[-1]['flops_fraction_of_peak']:.2f} of peak")  # fmt: skip
+    fp16_bytes = next((r["memory_bytes"] for r in rows if r["precision"] in ("fp16", "bf16")), None)
+    for r in rows:
+        r["memory_vs_fp16"] = r["memory_bytes"] / fp16_bytes if fp16_bytes else None
+    env = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "model": args.model, "random_init": args.random_init}  # fmt: skip
+    if cuda:
+        env["gpu"] = torch.cuda.get_device_name()
+    result = {"env": env, "rows": rows, "generation_vs_verbalizer": ratio}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    _write_md(result, args.out.with_suffix(".md"))
+    _log(f"wrote {args.out}")
+
+
+def _write_md(result: dict, path: Path) -> None:
+    env = result["env"]
+    lines = [f"# Rank-request latency ({env.get('gpu', env['machine'])}, {env['threads']} threads, "
+             f"{'random-init ' if env['random_init'] else ''}{env['model']})", "",
+             "| precision | p50 ms | p95 ms | batched prompts/s | memory MiB | vs fp16 | FLOP/s fraction of matmul peak |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["rows"]:
+        vs = f"{r['memory_vs_fp16']:.2f}" if r["memory_vs_fp16"] else ""
+        lines.append(f"| {r['precision']} | {r['p50_s'] * 1000:.1f} | {r['p95_s'] * 1000:.1f} | "
+                     f"{r['batched_prompts_per_s']:.1f} | {r['memory_bytes'] / 2**20:.0f} | {vs} | "
+                     f"{r['flops_fraction_of_peak']:.2f} |")  # fmt: skip
+    g = result["generation_vs_verbalizer"]
+    if g:
+        lines += ["", f"Generation-based listwise ranking ({g['precision']}, {g['generated_tokens_median']} tokens "
+                  f"written): {g['generation_s_median']:.2f} s per request, {g['ratio_median']:.1f}x the verbalizer's "
+                  "single forward pass (median of 5)."]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
