@@ -51,7 +51,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, reps: int = 10) -> float:
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, reps: int = 20) -> float:
     """Best FLOP/s of a square matmul on this device: the practical peak we measure against."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -85,7 +85,9 @@ def _random_folder(spec: str, tmp: Path) -> str:
     return str(tmp)
 
 
-def measure(spec: str, precision: str, prompts: list[str], labels: list[list[str]], device: str, reps: int) -> dict:
+def measure(
+    spec: str, precision: str, prompts: list[str], labels: list[list[str]], device: str, reps: int, batched_n: int
+) -> dict:
     from ragrec.inference import LetterRanker, load_model
     from ragrec.prompts import PromptBudget, builtin_registry
 
@@ -108,7 +110,7 @@ def measure(spec: str, precision: str, prompts: list[str], labels: list[list[str
         times.append(time.perf_counter() - t0)
     _sync(device)
     t0 = time.perf_counter()
-    ranker.label_scores(prompts, labels)
+    ranker.label_scores(prompts[:batched_n], labels[:batched_n])
     _sync(device)
     batched = time.perf_counter() - t0
     flops = [forward_flops(model, t) for t in tokens[: len(times)]]
@@ -120,7 +122,7 @@ def measure(spec: str, precision: str, prompts: list[str], labels: list[list[str
         "p50_s": statistics.median(times),
         "p95_s": float(np.percentile(times, 95)),
         "requests": len(times),
-        "batched_prompts_per_s": len(prompts) / batched,
+        "batched_prompts_per_s": min(batched_n, len(prompts)) / batched,
         "batch_size": 8,
         "memory_bytes": int(model.get_memory_footprint()),
         "median_prompt_tokens": int(statistics.median(tokens)),
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts", type=Path, default=WORK / "latency_prompts.json")
     p.add_argument("--export-prompts", action="store_true", help="write --prompts from llm_rank's work file, exit")
     p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--batched", type=int, default=16, help="prompts in the throughput run (batches of 8)")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = p.parse_args(argv)
     if args.export_prompts:
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, ratio = [], None
         for prec in precisions:
             _log(f"{prec} ...")
-            entry = measure(spec, prec, prompts, labels, args.device, args.reps)
+            entry = measure(spec, prec, prompts, labels, args.device, args.reps, args.batched)
             peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
                 prec, torch.bfloat16 if cuda else torch.float32
             )

@@ -8,7 +8,7 @@ Stages (each can run alone, so the LLM scoring can run on another machine):
   ``.bench/llm_rank_prompts.json``.
 * ``score``: the LLM's label log-probabilities for every prompt -> ``.bench/llm_rank_scores.json``
   (needs only torch + transformers + ragrec; ``--model`` any spec ``load_model`` takes).
-* ``generate``: constrained generation of 10 titles over the whole catalog for test users ->
+* ``generate``: constrained generation of 5 titles over the whole catalog for test users ->
   ``.bench/llm_rank_generate.json`` (out-of-catalog count, target hits, seconds per user).
 * ``report``: metrics, fusion weight chosen on validation, paired bootstrap CIs ->
   ``benchmarks/results/llm_rank.{json,md}`` and ``llm_rank_recall.png``.
@@ -85,7 +85,9 @@ def prepare(out: Path) -> None:
     out.write_text(json.dumps(work))
 
 
-def score(prompts_path: Path, out: Path, model: str, batch_size: int, quantization: str) -> None:
+def score(
+    prompts_path: Path, out: Path, model: str, batch_size: int, quantization: str, shifts: int, valid_users: int | None
+) -> None:
     import torch
 
     from ragrec.inference.models import load_model
@@ -105,18 +107,26 @@ def score(prompts_path: Path, out: Path, model: str, batch_size: int, quantizati
     }
     if loaded.device.startswith("cuda"):
         scores["gpu"] = torch.cuda.get_device_name()
+    from ragrec.eval.llm import sample_users
+
+    scores["shifts"] = shifts
     for split in ("valid", "test"):
+        users = work[split]["users"]
+        keep = sample_users(users, valid_users if split == "valid" else None, seed=0)
+        rows = [j for j, u in enumerate(users) if u in set(keep)]
+        scores[f"{split}_rows"] = rows
         per_shift = []
-        for shift in range(work["shifts"]):
+        for shift in range(shifts):
             t0 = time.perf_counter()
-            s = ranker.label_scores(work[split]["prompts"][shift], work[split]["labels"][shift])
+            prompts, labels = work[split]["prompts"][shift], work[split]["labels"][shift]
+            s = ranker.label_scores([prompts[j] for j in rows], [labels[j] for j in rows])
             per_shift.append([x.tolist() for x in s])
             _log(f"{split} shift {shift}: {len(s)} prompts in {time.perf_counter() - t0:.1f} s")
         scores[split] = per_shift
     out.write_text(json.dumps(scores))
 
 
-def generate(out: Path, model: str, users: int | None, n: int = 10) -> None:
+def generate(out: Path, model: str, users: int | None, n: int = 5) -> None:
     from ragrec.eval.protocol import eval_users
     from ragrec.inference import ConstrainedGenerator, TitleTrie, load_model
     from ragrec.prompts import builtin_registry
@@ -145,7 +155,8 @@ def _llm_scores(work: dict, scores: dict, split: str, shifts: int):
     """Scores in original candidate order, averaged over the first ``shifts`` cyclic shifts."""
     from ragrec.eval.llm import LLMScores
 
-    w = work[split]
+    rows = scores[f"{split}_rows"]
+    w = {k: [v[j] for j in rows] for k, v in work[split].items() if k not in ("prompts", "labels")}
     llm = []
     for u, cands in enumerate(w["candidates"]):
         n = len(cands)
@@ -170,7 +181,7 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
         "scoring": {k: scores[k] for k in ("model", "device", "dtype", "quantization", "gpu") if k in scores}
     }
     results = []
-    for shifts in (1, work["shifts"]):
+    for shifts in sorted({1, scores["shifts"]}):
         valid = _llm_scores(work, scores, "valid", shifts)
         test = _llm_scores(work, scores, "test", shifts)
         weight, tried = choose_fusion_weight(valid)
@@ -208,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quantization", default="none")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--generate-users", type=int, default=None, help="first N test users (default: all)")
+    p.add_argument("--shifts", type=int, default=1, help="cyclic shifts scored (permutation averaging), <= 3")
+    p.add_argument("--valid-users", type=int, default=300, help="validation users scored for the fusion weight")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="where score/generate write (default: --work)")
     args = p.parse_args(argv)
@@ -217,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare(args.work / "llm_rank_prompts.json")
     if "score" in args.stages:
         score(args.work / "llm_rank_prompts.json", out / "llm_rank_scores.json", args.model, args.batch_size,
-              args.quantization)  # fmt: skip
+              args.quantization, args.shifts, args.valid_users)  # fmt: skip
     if "generate" in args.stages:
         generate(out / "llm_rank_generate.json", args.model, args.generate_users)
     if "report" in args.stages:

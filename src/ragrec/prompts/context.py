@@ -50,19 +50,28 @@ def history_block(history: Sequence[Item], budget: PromptBudget, ratings: Sequen
     return "\n".join(lines) if lines else "(no history)"
 
 
-def candidate_block(candidates: Sequence[Item], budget: PromptBudget) -> tuple[str, list[str]]:
-    """Lettered candidate lines and the labels used."""
-    labels = candidate_labels(len(candidates))
+def candidate_block(
+    candidates: Sequence[Item], budget: PromptBudget, labels: Sequence[str] | None = None
+) -> tuple[str, list[str]]:
+    """Lettered candidate lines and the labels used (``labels``, else ``A, B, ...``)."""
+    labels = list(labels) if labels is not None else candidate_labels(len(candidates))
+    if len(labels) < len(candidates):
+        raise RagrecError(f"{len(labels)} labels for {len(candidates)} candidates")
+    labels = labels[: len(candidates)]
     return "\n".join(f"{lab}. {_item_line(c, budget)}" for lab, c in zip(labels, candidates)), labels
 
 
 def rank_context(
-    history: Sequence[Item], candidates: Sequence[Item], item_noun: str, budget: PromptBudget
+    history: Sequence[Item],
+    candidates: Sequence[Item],
+    item_noun: str,
+    budget: PromptBudget,
+    labels: Sequence[str] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Context of the ``rank`` task and the candidate labels, in candidate order."""
     if not candidates:
         raise RagrecError("rank needs at least one candidate")
-    block, labels = candidate_block(candidates, budget)
+    block, labels = candidate_block(candidates, budget, labels)
     span = labels[0] if len(labels) == 1 else f"{labels[0]}-{labels[-1]}"
     return {
         "item_noun": item_noun,
