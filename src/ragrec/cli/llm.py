@@ -55,21 +55,17 @@ def build_cmd(
     """Train a retriever on DATASET and save a servable recommender (the LLM is loaded when serving)."""
     from ragrec.data import load_prepared
     from ragrec.errors import RagrecError
-    from ragrec.inference.recommender import FORMAT_VERSION, RecommenderConfig, _load_scenario, save_recommender
-    from ragrec.io import read_json_meta
+    from ragrec.inference.recommender import RecommenderConfig, load_parts, save_recommender
     from ragrec.pipeline import build_scenario
 
     with console.status(f"training the {encoder} retriever on {dataset}..."):
         sc = build_scenario(load_prepared(dataset), scenario, item_noun=item_noun, encoder=encoder, text=text)
     scenarios, config = [sc], RecommenderConfig(model=model, quantization=quantization)
     if add_to is not None:
-        meta = read_json_meta(add_to / "recommender.json", "recommender")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise RagrecError(f"{add_to}: recommender format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-        if scenario in meta["scenarios"]:
+        config, existing = load_parts(add_to)
+        if scenario in [s.name for s in existing]:
             raise RagrecError(f"{add_to} already has scenario {scenario!r}")
-        config = RecommenderConfig(**meta["config"])
-        scenarios = [_load_scenario(add_to / "scenarios" / n) for n in meta["scenarios"]] + scenarios
+        scenarios = existing + scenarios
     save_recommender(out, scenarios, config)
     typer.echo(f"saved scenarios {[s.name for s in scenarios]} ({config.model}) -> {out}")
 

@@ -56,6 +56,7 @@ __all__ = [
     "Recommendation",
     "fuse_scores",
     "save_recommender",
+    "load_parts",
 ]
 
 FORMAT_VERSION = 1
@@ -468,16 +469,23 @@ class Recommender:
     ) -> Recommender:
         """Load a saved recommender. ``overrides`` change config fields (e.g. ``quantization="4bit"``);
         ``loaded`` supplies an already loaded model; ``embedder`` replaces the text model (tests)."""
-        path = Path(path)
-        meta = read_json_meta(path / "recommender.json", "recommender")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise RagrecError(f"{path}: recommender format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-        config = RecommenderConfig(**{**meta["config"], **overrides})
-        scenarios = [_load_scenario(path / "scenarios" / name, embedder) for name in meta["scenarios"]]
+        config, scenarios = load_parts(path, embedder=embedder, **overrides)
         if loaded is None:
             loaded = load_model(config.model, quantization=config.quantization, dtype=config.dtype,
                                 device=config.device, trust_remote_code=config.trust_remote_code)  # fmt: skip
         return cls(loaded, scenarios, config)
+
+
+def load_parts(
+    path: str | PathLike[str], *, embedder=None, **overrides: Any
+) -> tuple[RecommenderConfig, list[Scenario]]:
+    """The config and scenarios of a saved recommender, without loading its model."""
+    path = Path(path)
+    meta = read_json_meta(path / "recommender.json", "recommender")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise RagrecError(f"{path}: recommender format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    config = RecommenderConfig(**{**meta["config"], **overrides})
+    return config, [_load_scenario(path / "scenarios" / name, embedder) for name in meta["scenarios"]]
 
 
 def save_recommender(path: str | PathLike[str], scenarios: Sequence[Scenario], config: RecommenderConfig) -> Path:
