@@ -86,7 +86,14 @@ def _random_folder(spec: str, tmp: Path) -> str:
 
 
 def measure(
-    spec: str, precision: str, prompts: list[str], labels: list[list[str]], device: str, reps: int, batched_n: int
+    spec: str,
+    precision: str,
+    prompts: list[str],
+    labels: list[list[str]],
+    device: str,
+    reps: int,
+    batched_n: int,
+    warmup: int = 3,
 ) -> dict:
     from ragrec.inference import LetterRanker, load_model
     from ragrec.prompts import PromptBudget, builtin_registry
@@ -98,7 +105,7 @@ def measure(
     ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget(max_tokens=4096),
                           batch_size=8)  # fmt: skip
     tokens = [len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    for i in range(3):  # warm-up
+    for i in range(warmup):
         ranker.label_scores(prompts[i : i + 1], labels[i : i + 1])
     times = []
     for i in range(reps):
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--batched", type=int, default=16, help="prompts in the throughput run (batches of 8)")
+    p.add_argument("--few", nargs="*", default=[], help="precisions timed on 3 requests only (very slow ones)")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = p.parse_args(argv)
     if args.export_prompts:
@@ -192,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         rows, ratio = [], None
         for prec in precisions:
             _log(f"{prec} ...")
-            entry = measure(spec, prec, prompts, labels, args.device, args.reps, args.batched)
+            few = prec in args.few  # emulated precisions (bf16 without AVX-512 BF16) take minutes a request
+            entry = measure(spec, prec, prompts, labels, args.device, 3 if few else args.reps,
+                            min(args.batched, 8) if few else args.batched, warmup=1 if few else 3)  # fmt: skip
             peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
                 prec, torch.bfloat16 if cuda else torch.float32
             )
