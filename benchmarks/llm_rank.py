@@ -86,7 +86,14 @@ def prepare(out: Path) -> None:
 
 
 def score(
-    prompts_path: Path, out: Path, model: str, batch_size: int, quantization: str, shifts: int, valid_users: int | None
+    prompts_path: Path,
+    out: Path,
+    model: str,
+    batch_size: int,
+    quantization: str,
+    shifts: int,
+    valid_users: int | None,
+    test_users: int | None = None,
 ) -> None:
     import torch
 
@@ -112,7 +119,7 @@ def score(
     scores["shifts"] = shifts
     for split in ("valid", "test"):
         users = work[split]["users"]
-        keep = sample_users(users, valid_users if split == "valid" else None, seed=0)
+        keep = sample_users(users, valid_users if split == "valid" else test_users, seed=0)
         rows = [j for j, u in enumerate(users) if u in set(keep)]
         scores[f"{split}_rows"] = rows
         per_shift = []
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--generate-users", type=int, default=None, help="first N test users (default: all)")
     p.add_argument("--shifts", type=int, default=1, help="cyclic shifts scored (permutation averaging), <= 3")
     p.add_argument("--valid-users", type=int, default=300, help="validation users scored for the fusion weight")
+    p.add_argument("--test-users", type=int, default=None, help="test users scored (default: all)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="where score/generate write (default: --work)")
     args = p.parse_args(argv)
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare(args.work / "llm_rank_prompts.json")
     if "score" in args.stages:
         score(args.work / "llm_rank_prompts.json", out / "llm_rank_scores.json", args.model, args.batch_size,
-              args.quantization, args.shifts, args.valid_users)  # fmt: skip
+              args.quantization, args.shifts, args.valid_users, args.test_users)  # fmt: skip
     if "generate" in args.stages:
         generate(out / "llm_rank_generate.json", args.model, args.generate_users)
     if "report" in args.stages:
