@@ -205,6 +205,9 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
         "PROTOCOL.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a miss), "
         "pessimistic ties. Fusion weights chosen on the validation targets (train-only histories).",
         "Zero-shot: no fine-tuning (issue #5 must beat these rows).",
+        f"Users: {len(scores['test_rows'])} of {len(work['test']['users'])} test users and "
+        f"{len(scores['valid_rows'])} validation users (for the fusion weight), sampled with seed 0; "
+        f"LLM scoring on {scores['device']} ({scores['dtype']}).",
     ]
     if gen_path.is_file():
         g = json.loads(gen_path.read_text())
