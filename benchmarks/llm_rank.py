@@ -165,14 +165,8 @@ def _llm_scores(work: dict, scores: dict, split: str, shifts: int):
     rows = scores[f"{split}_rows"]
     w = {k: [v[j] for j in rows] for k, v in work[split].items() if k not in ("prompts", "labels")}
     llm = []
-    for u, cands in enumerate(w["candidates"]):
-        n = len(cands)
-        total = np.zeros(n)
-        for shift in range(shifts):
-            s = np.array(scores[split][shift][u])
-            for pos in range(n):  # shifted[pos] is original (pos + shift) % n
-                total[(pos + shift) % n] += s[pos]
-        llm.append(total / shifts)
+    for u in range(len(w["candidates"])):  # shifted[pos] is original (pos + shift) % n: np.roll undoes it
+        llm.append(sum(np.roll(np.array(scores[split][shift][u]), shift) for shift in range(shifts)) / shifts)
     pos = np.array([c.index(t) if t in c else -1 for c, t in zip(w["candidates"], w["targets"])])
     return LLMScores("ml-100k", split, w["users"], w["candidates"], [np.array(r) for r in w["retriever_scores"]],
                      llm, pos)  # fmt: skip

@@ -41,10 +41,10 @@ class LLMScores:
         for u, pos in enumerate(self.target_pos):
             if pos < 0:
                 continue
-            s = self.retriever[u] if weight is None else fuse_scores(self.llm[u], self.retriever[u], weight)
             if weight is None:
                 out[u] = pos + 1  # the retriever's own order (its ties broken as it returned them)
             else:
+                s = fuse_scores(self.llm[u], self.retriever[u], weight)
                 out[u] = int((s >= s[pos]).sum())  # ties count against the target
         return out
 

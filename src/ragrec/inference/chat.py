@@ -125,7 +125,7 @@ class ChatSession:
             notes.append(f"no unseen item matches {described}")
         cand_items = [sc.catalog[i.item_id] for i in items]
         block = candidate_block(cand_items, budget)[0] if cand_items else "(none)"
-        hist = [sc.catalog[i] for i in self.history.item_ids if i in sc.catalog][-budget.max_history :]
+        hist = rec._items(sc, self.history.item_ids)[-budget.max_history :]
         template = rec.template(sc, "chat")
         template.require_output("text")
         earlier = []

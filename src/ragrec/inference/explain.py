@@ -18,7 +18,7 @@ import torch
 from ragrec.data.text import render_item_text
 from ragrec.inference.grounding import Grounding, TitleMatcher, attribute_explanation
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, count_tokens, fit_history, history_block, sanitize
+from ragrec.prompts import PromptBudget, PromptTemplate, count_tokens, fit_history, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["Explanation", "Explainer", "ExplanationStream", "generate_text"]
@@ -40,18 +40,11 @@ class Explanation:
         return self.grounding.grounded
 
 
-def _encode(loaded: LoadedModel, messages: list[dict[str, str]]):
-    tok = loaded.tokenizer
-    return tok(chat_text(tok, messages), return_tensors="pt", add_special_tokens=False).to(
-        next(loaded.model.parameters()).device
-    )
-
-
 @torch.no_grad()
 def generate_text(loaded: LoadedModel, messages: list[dict[str, str]], max_new_tokens: int) -> str:
     """Greedy answer to chat ``messages`` (at most ``max_new_tokens`` tokens)."""
     tok = loaded.tokenizer
-    enc = _encode(loaded, messages)
+    enc = loaded.encode_chat(messages)
     out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
@@ -128,7 +121,7 @@ class Explainer:
         from transformers import TextIteratorStreamer
 
         tok = self.loaded.tokenizer
-        enc = _encode(self.loaded, self.messages(history, item, item_noun))
+        enc = self.loaded.encode_chat(self.messages(history, item, item_noun))
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
         kwargs = dict(**enc, max_new_tokens=self.template.output.max_new_tokens, do_sample=False,
                       pad_token_id=tok.pad_token_id, streamer=streamer)  # fmt: skip

@@ -16,7 +16,7 @@ import torch
 
 from ragrec.errors import RagrecError
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
+from ragrec.prompts import PromptBudget, PromptTemplate, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["TitleTrie", "ConstrainedGenerator", "GeneratedList"]
@@ -80,17 +80,16 @@ class ConstrainedGenerator:
         self.loaded = loaded
         self.template = template
         self.budget = budget or PromptBudget()
-        tok = loaded.tokenizer
         # Titles are separated by a newline (one per line), or by ';' / '|' where the tokenizer
         # has no single newline token.
         for text in ("\n", ";", "|"):
-            sep = tok.encode(text, add_special_tokens=False)
-            if len(sep) == 1 and sep[0] != tok.unk_token_id:
-                self.sep, self.sep_text = sep[0], text
+            sep = loaded.single_token_id(text)
+            if sep is not None:
+                self.sep, self.sep_text = sep, text
                 break
         else:
             raise RagrecError("the tokenizer has no single-token separator (newline, ';' or '|') for titles")
-        self.eos = tok.eos_token_id
+        self.eos = loaded.tokenizer.eos_token_id
 
     def _allowed(
         self, trie: TitleTrie, generated: list[int], n: int, excluded: frozenset[tuple[int, ...]] = frozenset()
@@ -143,8 +142,7 @@ class ConstrainedGenerator:
         messages = self.template.render(
             {"item_noun": item_noun, "history": history_block(history, self.budget), "n": str(n)}
         )
-        text = chat_text(tok, messages)
-        enc = tok(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+        enc = self.loaded.encode_chat(messages)
         prompt_len = enc["input_ids"].shape[1]
 
         excluded = frozenset(

@@ -123,6 +123,20 @@ class LoadedModel:
     dtype: str
     notes: list[str] = field(default_factory=list)
 
+    def single_token_id(self, text: str) -> int | None:
+        """The id of ``text`` if the tokenizer writes it as exactly one known token, else ``None``."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 and ids[0] != self.tokenizer.unk_token_id else None
+
+    def encode_chat(self, messages: list[dict[str, str]]):
+        """Chat ``messages`` -> model inputs (chat template, answer position last) on the model's device."""
+        from ragrec.prompts import chat_text
+
+        text = chat_text(self.tokenizer, messages)
+        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(
+            next(self.model.parameters()).device
+        )
+
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -43,10 +43,13 @@ class LetterRanker:
         self.budget = budget or PromptBudget()
         self.batch_size = batch_size
         self._label_ids: dict[str, int] = {}
+        self._labels_for: dict[int, list[str]] = {}  # n -> labels; prompts() asks once per user
 
     def labels_for(self, n: int) -> list[str]:
         """``n`` labels in the order ``A..Z, AA, AB, ...``, skipping any that is not a single token
         for this tokenizer (so lists longer than 26 work where two-letter labels are tokens)."""
+        if n in self._labels_for:
+            return self._labels_for[n]
         out = []
         for label in candidate_labels(max(n * 4, 26 + 26 * 26) if n > 26 else n):
             try:
@@ -55,6 +58,7 @@ class LetterRanker:
                 continue
             out.append(label)
             if len(out) == n:
+                self._labels_for[n] = out
                 return out
         raise RagrecError(f"this tokenizer has only {len(out)} single-token candidate labels; rank fewer than {n}")
 
@@ -63,14 +67,13 @@ class LetterRanker:
         out = []
         for label in labels:
             if label not in self._label_ids:
-                tok = self.loaded.tokenizer
-                ids = tok.encode(label, add_special_tokens=False)
-                # One token, and that token really is the label (not e.g. the unknown token).
-                if len(ids) != 1 or ids[0] == tok.unk_token_id or tok.decode(ids).strip() != label:
+                tid = self.loaded.single_token_id(label)
+                # One known token, and that token really decodes back to the label.
+                if tid is None or self.loaded.tokenizer.decode([tid]).strip() != label:
                     raise RagrecError(
                         f"label {label!r} is not a single token for this tokenizer; rank fewer candidates at once"
                     )
-                self._label_ids[label] = ids[0]
+                self._label_ids[label] = tid
             out.append(self._label_ids[label])
         return out
 
@@ -139,10 +142,8 @@ class LetterRanker:
             shifted = [list(c)[shift % len(c) :] + list(c)[: shift % len(c)] if c else [] for c in candidates]
             texts, labels = self.prompts(histories, shifted, item_noun)
             scores = self.label_scores(texts, labels)
-            for u, (cands, s) in enumerate(zip(candidates, scores)):
-                n = len(cands)
-                for pos in range(n):  # shifted[pos] is original candidate (pos + shift) % n
-                    totals[u][(pos + shift) % n] += s[pos]
+            for u, s in enumerate(scores):
+                totals[u] += np.roll(s, shift)  # shifted[pos] is original candidate (pos + shift) % n
                 if shift == 0:
                     labels_used[u] = labels[u]
         results = []

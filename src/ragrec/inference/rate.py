@@ -34,14 +34,13 @@ class RatingPredictor:
         self.loaded = loaded
         self.template = template
         self.budget = budget or PromptBudget()
-        tok = loaded.tokenizer
         self.values = list(template.output.values)
         self.ids = []
         for v in self.values:
-            ids = tok.encode(v, add_special_tokens=False)
-            if len(ids) != 1 or ids[0] == tok.unk_token_id:
+            tid = loaded.single_token_id(v)
+            if tid is None:
                 raise RagrecError(f"rating value {v!r} is not a single token for this tokenizer")
-            self.ids.append(ids[0])
+            self.ids.append(tid)
 
     @torch.no_grad()
     def predict(

@@ -196,6 +196,7 @@ class Recommender:
         self.builtin = builtin_registry()
         self._lock = threading.RLock()
         self._tries: dict[str, TitleTrie] = {}
+        self._rankers: dict[str, LetterRanker] = {}
         self.active_adapter: str | None = None  # the adapter in use for the last request (None: base model)
         self._attach_adapters()
 
@@ -274,6 +275,12 @@ class Recommender:
                 )
         return out
 
+    def _request(self, sc: Scenario, user_id: str | None, history: Sequence[str] | None) -> _Request:
+        """One request by ``user_id`` or by ``history`` (exactly one of them)."""
+        if (user_id is None) == (history is None):
+            raise RagrecError("pass user_id or history")
+        return self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+
     def _retrieve(self, sc: Scenario, requests: Sequence[_Request], k: int) -> list[list[Candidate]]:
         results = sc.retriever.retrieve(histories=[list(r.history.item_ids) for r in requests], k=k)
         for req, res in zip(requests, results):
@@ -290,8 +297,10 @@ class Recommender:
         """LLM scores (label log-probabilities, permutation-averaged) of each user's candidates, in
         candidate order. The building block of ``recommend`` and of evaluation."""
         sc = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
-        ranker = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
-                              batch_size=self.config.batch_size)  # fmt: skip
+        if sc.name not in self._rankers:  # kept: it caches the label token ids
+            self._rankers[sc.name] = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
+                                                  batch_size=self.config.batch_size)  # fmt: skip
+        ranker = self._rankers[sc.name]
         hist_items = [self._items(sc, h) for h in histories]
         cand_items = [[sc.item(i) for i in c] for c in candidates]
         with self.use(sc):
@@ -359,11 +368,11 @@ class Recommender:
         constrained to the candidates). An unknown user gets popularity candidates, reported in
         ``fallback``; unknown scenario, task or item ids raise errors naming the valid ones.
         """
-        users = None if user_id is None else [user_id]
-        hist = None if history is None else [history]
-        if users is None and hist is None:
+        if (user_id is None) == (history is None):
             raise RagrecError("pass user_id or history")
-        return self.recommend_batch(users, histories=hist, scenario=scenario, k=k, task=task)[0]
+        users = None if user_id is None else [user_id]
+        return self.recommend_batch(users, histories=None if history is None else [history], scenario=scenario,
+                                    k=k, task=task)[0]  # fmt: skip
 
     def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
         gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)
@@ -400,7 +409,7 @@ class Recommender:
             raise RagrecError(f"n must be between 1 and {self.config.candidates}, got {n}")
         if over not in ("catalog", "candidates"):
             raise UnknownNameError("generation scope", over, ["catalog", "candidates"])
-        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        req = self._request(sc, user_id, history)
         allowed = None
         if over == "candidates":
             allowed = self._retrieve(sc, [req], min(self.config.candidates, len(sc.retriever.index)))[0]
@@ -421,7 +430,7 @@ class Recommender:
         read ``.explanation``."""
         sc = self.scenario(scenario)
         item = sc.item(item_id)
-        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        req = self._request(sc, user_id, history)
         explainer = Explainer(self.loaded, self.template(sc, "explain"), sc.matcher, budget=self.budget)
         hist = self._items(sc, req.history.item_ids)
         if stream:
@@ -441,7 +450,7 @@ class Recommender:
         """Expected 1-5 rating of each item (expectation over the digit tokens)."""
         sc = self.scenario(scenario)
         items = [sc.item(i) for i in item_ids]
-        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        req = self._request(sc, user_id, history)
         if ratings is not None and len(ratings) != len(req.history):
             raise RagrecError(f"{len(ratings)} ratings for a history of {len(req.history)} items")
         given = ratings if ratings is not None else (req.history.ratings or [None] * len(req.history))
@@ -455,7 +464,7 @@ class Recommender:
         from ragrec.inference.chat import ChatSession
 
         sc = self.scenario(scenario)
-        req = self._requests(sc, None if user_id is None else [user_id], None if history is None else [history])[0]
+        req = self._request(sc, user_id, history)
         return ChatSession(self, sc, req.history, user_id=req.user_id, fallback=req.fallback)
 
     # ------------------------------------------------------------------ persistence
