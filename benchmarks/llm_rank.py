@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ragrec.io import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WORK = HERE.parent / ".bench"
 PEERS = HERE.parents[1] / "shared" / "peers" / "recbole"
 SHIFTS = 3
 K = 20
+CHECKPOINT = 50  # prompts scored between writes of the scores file
 
 
 def _log(msg: str) -> None:
@@ -117,20 +120,55 @@ def score(
     from ragrec.eval.llm import sample_users
 
     scores["shifts"] = shifts
+    done = _scored(out, scores)
     for split in ("valid", "test"):
         users = work[split]["users"]
         keep = sample_users(users, valid_users if split == "valid" else test_users, seed=0)
         rows = [j for j, u in enumerate(users) if u in set(keep)]
-        scores[f"{split}_rows"] = rows
         per_shift = []
         for shift in range(shifts):
             t0 = time.perf_counter()
             prompts, labels = work[split]["prompts"][shift], work[split]["labels"][shift]
-            s = ranker.label_scores([prompts[j] for j in rows], [labels[j] for j in rows])
-            per_shift.append([x.tolist() for x in s])
-            _log(f"{split} shift {shift}: {len(s)} prompts in {time.perf_counter() - t0:.1f} s")
+            have = done.get((split, shift), {})
+            todo = [j for j in rows if j not in have]
+            for start in range(0, len(todo), CHECKPOINT):  # written as it goes: an interrupted run resumes
+                chunk = todo[start : start + CHECKPOINT]
+                s = ranker.label_scores([prompts[j] for j in chunk], [labels[j] for j in chunk])
+                have.update({j: x.tolist() for j, x in zip(chunk, s)})
+                done[(split, shift)] = have
+                _write_scores(out, scores, done)
+                _log(f"{split} shift {shift}: {start + len(chunk)}/{len(todo)} new prompts, "
+                     f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+            per_shift.append([have[j] for j in rows])
+            _log(f"{split} shift {shift}: {len(rows)} prompts ({len(rows) - len(todo)} reused)")
+        scores[f"{split}_rows"] = rows
         scores[split] = per_shift
-    out.write_text(json.dumps(scores))
+    atomic_write_text(out, json.dumps(scores))
+
+
+def _scored(out: Path, meta: dict) -> dict:
+    """Scores already in ``out`` for the same model and quantization: {(split, shift): {row: scores}}."""
+    if not out.is_file():
+        return {}
+    old = json.loads(out.read_text())
+    if any(old.get(k) != meta.get(k) for k in ("model", "quantization", "dtype")):
+        _log(f"{out} holds another model's scores: not reused")
+        return {}
+    done: dict = {}
+    for split in ("valid", "test"):
+        for shift, per_row in enumerate(old.get(split, [])):
+            done[(split, shift)] = dict(zip(old[f"{split}_rows"], per_row))
+    return done
+
+
+def _write_scores(out: Path, meta: dict, done: dict) -> None:
+    partial = dict(meta)
+    for split in ("valid", "test"):
+        rows = sorted(set().union(*(done.get((split, s), {}).keys() for s in range(meta["shifts"]))))
+        rows = [j for j in rows if all(j in done.get((split, s), {}) for s in range(meta["shifts"]))]
+        partial[f"{split}_rows"] = rows
+        partial[split] = [[done[(split, s)][j] for j in rows] for s in range(meta["shifts"])]
+    atomic_write_text(out, json.dumps(partial))
 
 
 def generate(out: Path, model: str, users: int | None, n: int = 5) -> None:
