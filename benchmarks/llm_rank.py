@@ -97,6 +97,7 @@ def score(
     shifts: int,
     valid_users: int | None,
     test_users: int | None = None,
+    adapter: Path | None = None,
 ) -> None:
     import torch
 
@@ -107,6 +108,14 @@ def score(
     work = json.loads(prompts_path.read_text())
     loaded = load_model(model, quantization=quantization)
     _log(f"model {loaded.source} on {loaded.device} ({loaded.dtype}, {quantization})")
+    if adapter is not None:  # a fine-tuned LoRA adapter (benchmarks/finetune.py)
+        from peft import PeftModel
+
+        from ragrec.inference.adapters import check_adapter
+
+        check_adapter(adapter, loaded.model, base_model=loaded.source)
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+        _log(f"adapter {adapter}")
     ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget(max_tokens=4096),
                           batch_size=batch_size)  # fmt: skip
     scores: dict = {
@@ -114,6 +123,7 @@ def score(
         "device": loaded.device,
         "dtype": loaded.dtype,
         "quantization": quantization,
+        "adapter": str(adapter) if adapter is not None else None,
     }
     if loaded.device.startswith("cuda"):
         scores["gpu"] = torch.cuda.get_device_name()
@@ -151,7 +161,7 @@ def _scored(out: Path, meta: dict) -> dict:
     if not out.is_file():
         return {}
     old = json.loads(out.read_text())
-    if any(old.get(k) != meta.get(k) for k in ("model", "quantization", "dtype")):
+    if any(old.get(k) != meta.get(k) for k in ("model", "quantization", "dtype", "adapter")):
         _log(f"{out} holds another model's scores: not reused")
         return {}
     done: dict = {}

@@ -85,11 +85,12 @@ def test_public_api_is_deliberate():
 
 def test_subpackage_apis_resolve():
     import ragrec.eval
+    import ragrec.finetune
     import ragrec.inference
     import ragrec.prompts
     import ragrec.retrieval
 
-    for module in (ragrec.retrieval, ragrec.eval, ragrec.inference, ragrec.prompts):
+    for module in (ragrec.retrieval, ragrec.eval, ragrec.inference, ragrec.prompts, ragrec.finetune):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
     assert set(ragrec.retrieval.ENCODERS.names()) == {"ease", "hybrid", "popularity", "sasrec", "text"}

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ragrec.cli.data import app as data_app
+from ragrec.cli.finetune import finetune_cmd, scenario_app
 from ragrec.cli.llm import chat_cmd, demo_cmd, explain_cmd, recommend_cmd, recommender_app
 from ragrec.cli.retrieval import eval_app, index_app, retriever_app
 from ragrec.errors import RagrecError
@@ -25,10 +26,12 @@ app.add_typer(retriever_app, name="retriever")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(recommender_app, name="recommender")
+app.add_typer(scenario_app, name="scenario")
 app.command("recommend")(recommend_cmd)
 app.command("explain")(explain_cmd)
 app.command("chat")(chat_cmd)
 app.command("demo")(demo_cmd)
+app.command("finetune")(finetune_cmd)
 
 
 @app.callback()

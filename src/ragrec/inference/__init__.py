@@ -8,6 +8,7 @@ needs neither FAISS nor the retrieval stack.
 import importlib
 
 _WHERE = {
+    "AdapterInfo": "ragrec.inference.adapters",
     "ChatAnswer": "ragrec.inference.chat",
     "ChatSession": "ragrec.inference.chat",
     "ConstrainedGenerator": "ragrec.inference.generate",
@@ -30,14 +31,18 @@ _WHERE = {
     "ScenarioConfig": "ragrec.inference.recommender",
     "TitleMatcher": "ragrec.inference.grounding",
     "TitleTrie": "ragrec.inference.generate",
+    "check_adapter": "ragrec.inference.adapters",
     "convert_gguf": "ragrec.inference.models",
     "fuse_scores": "ragrec.inference.recommender",
     "load_model": "ragrec.inference.models",
+    "read_adapter_info": "ragrec.inference.adapters",
     "resolve_model": "ragrec.inference.models",
+    "save_adapter": "ragrec.inference.adapters",
     "save_recommender": "ragrec.inference.recommender",
 }
 
 __all__ = [
+    "AdapterInfo",
     "ChatAnswer",
     "ChatSession",
     "ConstrainedGenerator",
@@ -60,10 +65,13 @@ __all__ = [
     "ScenarioConfig",
     "TitleMatcher",
     "TitleTrie",
+    "check_adapter",
     "convert_gguf",
     "fuse_scores",
     "load_model",
+    "read_adapter_info",
     "resolve_model",
+    "save_adapter",
     "save_recommender",
 ]
 

@@ -42,6 +42,25 @@ class RatingPredictor:
                 raise RagrecError(f"rating value {v!r} is not a single token for this tokenizer")
             self.ids.append(tid)
 
+    def prompts(
+        self,
+        history: Sequence[Item],
+        ratings: Sequence[float | None],
+        items: Sequence[Item],
+        *,
+        item_noun: str = "item",
+    ) -> list[str]:
+        """Chat-formatted prompts (ending where the rating digit is read), one per item."""
+        block = history_block(history, self.budget, ratings)
+        texts = []
+        for item in items:
+            line = sanitize(
+                render_item_text(item, max_chars=self.budget.max_item_chars * 2), self.budget.max_item_chars
+            )
+            msgs = self.template.render({"item_noun": item_noun, "history": block, "item": line})
+            texts.append(chat_text(self.loaded.tokenizer, msgs))
+        return texts
+
     @torch.no_grad()
     def predict(
         self,
@@ -53,14 +72,7 @@ class RatingPredictor:
     ) -> list[RatingPrediction]:
         """Predicted rating of each of ``items`` for a user with ``history`` (and its ratings)."""
         tok, model = self.loaded.tokenizer, self.loaded.model
-        block = history_block(history, self.budget, ratings)
-        texts = []
-        for item in items:
-            line = sanitize(
-                render_item_text(item, max_chars=self.budget.max_item_chars * 2), self.budget.max_item_chars
-            )
-            msgs = self.template.render({"item_noun": item_noun, "history": block, "item": line})
-            texts.append(chat_text(tok, msgs))
+        texts = self.prompts(history, ratings, items, item_noun=item_noun)
         if not texts:
             return []
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError, UnknownNameError
+from ragrec.inference.adapters import check_adapter
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
 from ragrec.inference.grounding import TitleMatcher
@@ -198,6 +199,7 @@ class Recommender:
         self._tries: dict[str, TitleTrie] = {}
         self._rankers: dict[str, LetterRanker] = {}
         self.active_adapter: str | None = None  # the adapter in use for the last request (None: base model)
+        self.adapter_names: dict[str, str] = {}  # scenario -> its peft adapter name (the scenario's name when loaded)
         self._attach_adapters()
 
     # ------------------------------------------------------------------ scenarios and adapters
@@ -227,8 +229,8 @@ class Recommender:
 
         model = self.loaded.model
         for name, path in named:
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise RagrecError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
+            check_adapter(path, model, base_model=self.loaded.source)
+            self.adapter_names[name] = name
             if isinstance(model, PeftModel):
                 model.load_adapter(str(path), adapter_name=name, is_trainable=False)
             else:
@@ -244,7 +246,7 @@ class Recommender:
             if hasattr(model, "peft_config"):
                 if scenario.adapter is not None:
                     model.base_model.enable_adapter_layers()
-                    model.set_adapter(scenario.name)
+                    model.set_adapter(self.adapter_names.get(scenario.name, scenario.name))
                 else:
                     model.base_model.disable_adapter_layers()
             self.active_adapter = scenario.name if scenario.adapter is not None else None

@@ -1,0 +1,154 @@
+"""Fine-tuned LLM ranking on ML-100K (RecBole split, PROTOCOL.md): (a) the retriever alone,
+(b) zero-shot LLM, (c) LoRA-fine-tuned LLM, (d) fine-tuned LLM fused with the retriever score.
+
+Stages (each can run alone):
+
+* ``train``: LoRA on rank examples built from the training split (hard + random negatives,
+  shuffled letters), early stopping on validation NDCG@10 -> ``.bench/ft_ml100k/adapter``.
+* ``score``: the adapter scores the very prompts ``llm_rank.py prepare`` wrote for the zero-shot
+  rows (same users, candidates and rendering) -> ``.bench/finetune_scores.json`` (resumable).
+* ``report``: rows (a)-(d) on the same test users, paired bootstrap CIs, the fusion weight chosen
+  on validation users, training time -> ``benchmarks/results/finetune.{json,md}`` + plot.
+
+    python benchmarks/llm_rank.py --stages prepare score   # (b) first, if not done
+    python benchmarks/finetune.py                          # train, score, report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import llm_rank  # noqa: E402  (same folder: shared stages)
+
+RESULTS = HERE / "results"
+WORK = HERE.parent / ".bench"
+TRAIN_DEFAULTS = {
+    "examples": 440,
+    "positions": 1,
+    "candidates": 20,
+    "hard_negatives": 0.75,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_layers": 12,
+    "learning_rate": 5e-4,
+    "grad_accum": 8,
+    "eval_steps": 20,
+    "eval_users": 60,
+    "patience": 2,
+    "max_minutes": 42,
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def train(out: Path, model: str, overrides: dict) -> None:
+    from ragrec.finetune import FinetuneConfig, finetune
+    from ragrec.inference import load_model
+
+    sc = llm_rank._scenario()
+    loaded = load_model(model)
+    config = FinetuneConfig(**{**TRAIN_DEFAULTS, **overrides})
+    _log(f"training on {loaded.device}: {config.examples} examples, LoRA r={config.lora_r} on the last "
+         f"{config.lora_layers} layers, at most {config.max_minutes} min")  # fmt: skip
+    res = finetune(loaded, sc, config, out / "adapter", resume=True)
+    summary = {"train_seconds": res.train_seconds, "steps": res.steps, "stop_reason": res.stop_reason,
+               "examples": res.examples, "notes": res.notes, "device": loaded.device,
+               "valid_curve": res.info.metrics["valid_curve"], "config": config.model_dump(),
+               "log": res.log}  # fmt: skip
+    (out / "train.json").write_text(json.dumps(summary, indent=2, default=str))
+    _log(f"trained in {res.train_seconds / 60:.1f} min, {res.steps} steps ({res.stop_reason})")
+
+
+def report(work: Path, ft_dir: Path) -> None:
+    from ragrec.eval.llm import choose_fusion_weight, llm_results
+    from ragrec.eval.report import compare, write_report
+
+    prompts = json.loads((work / "llm_rank_prompts.json").read_text())
+    zero = json.loads((work / "llm_rank_scores.json").read_text())
+    tuned = json.loads((work / "finetune_scores.json").read_text())
+    trained = json.loads((ft_dir / "train.json").read_text())
+    # Same users for every row: those the fine-tuned model scored (a subset of the zero-shot ones).
+    for split in ("valid", "test"):
+        keep = set(tuned[f"{split}_rows"])
+        missing = keep - set(zero[f"{split}_rows"])
+        if missing:
+            raise SystemExit(f"{len(missing)} {split} users lack zero-shot scores: run llm_rank.py --stages score")
+        idx = [j for j, r in enumerate(zero[f"{split}_rows"]) if r in keep]
+        zero[split] = [[per[j] for j in idx] for per in zero[split][:1]]
+        zero[f"{split}_rows"] = [zero[f"{split}_rows"][j] for j in idx]
+    zero["shifts"] = 1
+    sets = {"zero": zero, "tuned": tuned}
+    scores = {
+        name: {s: llm_rank._llm_scores(prompts, sc, s, 1) for s in ("valid", "test")} for name, sc in sets.items()
+    }
+    w_zero, tried_zero = choose_fusion_weight(scores["zero"]["valid"])
+    w_tuned, tried_tuned = choose_fusion_weight(scores["tuned"]["valid"])
+    results = llm_results(scores["zero"]["test"], {"(a) retriever (recency EASE, 20 candidates)": None,
+                                                   "(b) zero-shot SmolLM2-135M": 0.0})  # fmt: skip
+    results += llm_results(scores["tuned"]["test"], {"(c) fine-tuned SmolLM2-135M (LoRA)": 0.0,
+                           f"(d) fine-tuned, fused with retriever (w={w_tuned:g}, chosen on valid)": w_tuned})  # fmt: skip
+    a, b, c, d = results
+    comparisons = [(f"{c.system} - {b.system}", compare(c, b)), (f"{d.system} - {a.system}", compare(d, a)),
+                   (f"{d.system} - {b.system}", compare(d, b))]  # fmt: skip
+    rows = [{**r.row(), "train_seconds": round(trained["train_seconds"], 1) if r in (c, d) else None} for r in results]
+    ratio = d.metrics()["ndcg@10"] / a.metrics()["ndcg@10"] if a.metrics()["ndcg@10"] else float("nan")
+    cfg = trained["config"]
+    notes = [
+        "PROTOCOL.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a miss), "
+        "pessimistic ties. Every row is on the same test users and the same rendered prompts.",
+        f"Target (issue #5): (d) >= 1.10 x (a) on NDCG@10: measured {ratio:.3f} x. (c) > (b): "
+        f"{c.metrics()['ndcg@10']:.4f} vs {b.metrics()['ndcg@10']:.4f}.",
+        f"Training: {sum(trained['examples'].values())} rank examples from the train split (target + "
+        f"{cfg['candidates'] - 1} negatives, {cfg['hard_negatives']:.0%} from the retriever, shuffled letters), LoRA "
+        f"r={cfg['lora_r']} alpha={cfg['lora_alpha']:g} on the last {cfg['lora_layers']} layers, lr {cfg['learning_rate']:g}, "
+        f"{trained['steps']} steps of {cfg['grad_accum']} examples, {trained['train_seconds'] / 60:.1f} min on "
+        f"{trained['device']} ({trained['stop_reason']}), validation NDCG@10 on {cfg['eval_users']} users every "
+        f"{cfg['eval_steps']} steps: {trained['valid_curve']}.",
+        f"Users: {len(tuned['test_rows'])} of {len(prompts['test']['users'])} test users, "
+        f"{len(tuned['valid_rows'])} validation users for the fusion weights (zero-shot fused would pick w={w_zero:g}).",
+    ]
+    extra = {"train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason", "examples", "device",
+                                               "valid_curve", "config")},
+             "valid_ndcg@10_by_weight": {"zero-shot": tried_zero, "fine-tuned": tried_tuned},
+             "ndcg@10_ratio_d_over_a": ratio}  # fmt: skip
+    written = write_report(RESULTS / "finetune", rows, title="Fine-tuned LLM stage, ML-100K (test)", results=results,
+                           comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
+    print("\n".join(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}" for r in rows))
+    _log("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stages", nargs="*", default=["train", "score", "report"])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
+    p.add_argument("--valid-users", type=int, default=300)
+    p.add_argument("--test-users", type=int, default=None, help="test users scored (default: all)")
+    p.add_argument("--work", type=Path, default=WORK)
+    args = p.parse_args(argv)
+    from ragrec.config import parse_overrides
+
+    ft_dir = args.work / "ft_ml100k"
+    ft_dir.mkdir(parents=True, exist_ok=True)
+    if "train" in args.stages:
+        train(ft_dir, args.model, parse_overrides(args.set))
+    if "score" in args.stages:
+        llm_rank.score(args.work / "llm_rank_prompts.json", args.work / "finetune_scores.json", args.model, 8, "none",
+                       1, args.valid_users, args.test_users, adapter=ft_dir / "adapter")  # fmt: skip
+    if "report" in args.stages:
+        report(args.work, ft_dir)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,86 @@
+"""Fine-tuning settings: examples, LoRA, training. One validated model, loadable from YAML."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["FinetuneConfig", "TASKS"]
+
+TASKS = ("rank", "rate", "explain")
+
+
+class FinetuneConfig(BaseModel):
+    """How a scenario's adapter is trained. Unknown keys are rejected (the error names them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # ---- examples (all from training-split interactions only)
+    mixture: dict[str, float] = Field(
+        default_factory=lambda: {"rank": 1.0},
+        description="Share of each task among the examples (rank, rate, explain); normalised. "
+        "A task without its data (no ratings, no review text) is dropped and reported.",
+    )
+    examples: int = Field(1000, ge=1, description="Training examples in all (before dropping tasks without data).")
+    positions: int = Field(
+        1, ge=1, description="Targets per user, counted back from the end of their training sequence."
+    )
+    candidates: int = Field(20, ge=2, le=100, description="Lettered candidates in a rank example (one is the target).")
+    hard_negatives: float = Field(
+        0.75, ge=0, le=1, description="Share of a rank example's negatives taken from the retriever's top results "
+        "(the rest are random catalog items).",
+    )  # fmt: skip
+    max_review_chars: int = Field(400, ge=20, description="Explain targets: review text cut at a sentence end.")
+    min_review_chars: int = Field(40, ge=1, description="Explain targets: shorter reviews are skipped.")
+    seed: int = Field(0, description="Seed of example sampling, negative sampling, shuffling and training.")
+
+    # ---- LoRA
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters, or 'all-linear'.",
+    )
+    lora_layers: int | None = Field(
+        None, ge=1, description="Adapt only the last N transformer layers (gradients then stop below them: "
+        "training is faster); None adapts every layer.",
+    )  # fmt: skip
+    quantization: Literal["auto", "none", "4bit"] = Field(
+        "auto", description="Base model during training: auto = 4-bit NF4 (QLoRA) on CUDA, none on the CPU."
+    )
+
+    # ---- training
+    epochs: float = Field(1.0, gt=0, description="Passes over the examples.")
+    max_steps: int = Field(-1, description="Optimizer steps; overrides epochs when > 0.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop (saving the adapter) after this much training time; reported."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear decay, warmup below).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(1, ge=1, description="Examples per forward pass, per device.")
+    grad_accum: int = Field(8, ge=1, description="Forward passes per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
+    eval_steps: int = Field(25, ge=1, description="Optimizer steps between validations (and checkpoints).")
+    eval_users: int = Field(100, ge=1, description="Validation users scored at each validation (LLM NDCG@10).")
+    patience: int = Field(3, ge=1, description="Validations without improvement before stopping early.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best one is always kept).")
+    logging_steps: int = Field(5, ge=1, description="Optimizer steps between loss logs.")
+
+    @field_validator("mixture")
+    @classmethod
+    def _mixture(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown task(s) {sorted(unknown)} in mixture; valid: {', '.join(TASKS)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("mixture weights must be >= 0 with a positive sum")
+        return {k: float(w) for k, w in v.items() if w > 0}
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if "rank" in self.mixture and self.candidates < 2:
+            raise ValueError("rank examples need candidates >= 2")
+        return self

@@ -1,0 +1,218 @@
+"""Instruction examples from a scenario's training interactions, rendered by the inference code.
+
+Every prompt comes from the same renderer the :class:`~ragrec.inference.Recommender` uses at
+serving time (``LetterRanker.prompts``, ``RatingPredictor.prompts``, ``Explainer.messages``)
+with the same templates and budget, so training and serving cannot drift apart.
+
+Only interactions of the ``train`` split are read: a target is an item of a user's training
+sequence and its history is what came before it. Validation and test items never appear in a
+training example (they are not even loaded).
+
+* **rank**: the target among ``candidates - 1`` negatives, a share of them the retriever's top
+  results for that history (hard negatives, the kind seen at serving time) and the rest random
+  catalog items; items the user ever trained on are never negatives. The list is shuffled, so the
+  letter's position carries no signal; the answer is the target's letter.
+* **rate**: the answer is the rounded rating (when the data has ratings).
+* **explain**: the answer is the user's own review of the target (when the data has review
+  text), cut at a sentence end. No target text is ever invented.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ragrec import schema as S
+from ragrec.errors import RagrecError
+from ragrec.finetune.config import FinetuneConfig
+from ragrec.inference.explain import Explainer
+from ragrec.inference.rank import LetterRanker
+from ragrec.inference.rate import RatingPredictor
+from ragrec.inference.recommender import Recommender, Scenario
+from ragrec.prompts import chat_text
+
+__all__ = ["Example", "ExampleSet", "build_examples", "to_dataset", "clean_review"]
+
+TEXT_TASKS = ("explain",)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: a chat-formatted ``prompt`` (ending where the answer starts) and
+    the ``completion`` the model should write; ``item_id`` is the target item."""
+
+    task: str
+    user_id: str
+    item_id: str
+    prompt: str
+    completion: str
+
+
+@dataclass
+class ExampleSet:
+    """The examples, how many per task, and why any task got fewer than asked (or none)."""
+
+    examples: list[Example]
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def clean_review(text: str | None, max_chars: int) -> str:
+    """Whitespace collapsed, HTML breaks removed, cut at the last sentence end within ``max_chars``."""
+    if not text:
+        return ""
+    text = re.sub(r"<br\s*/?>", " ", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", cut)]
+    return cut[: ends[-1]] if ends else cut.rsplit(" ", 1)[0] + "..."
+
+
+@dataclass
+class _Position:
+    user_id: str
+    t: int  # index of the target in the user's training sequence
+
+
+def _train_frame(sc: Scenario):
+    frame = sc.data.interactions_frame()
+    if sc.data.has_split:
+        frame = frame[frame[S.SPLIT] == S.TRAIN]
+    return frame
+
+
+def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfig) -> ExampleSet:
+    """Examples for ``scenario`` of ``rec`` (its templates and prompt budget), mixed by ``config``."""
+    sc = rec.scenario(scenario)
+    if not sc.data.has_split:
+        raise RagrecError(f"dataset {sc.data.name!r} has no split: fine-tuning needs train/valid/test")
+    rng = np.random.default_rng(config.seed)
+    frame = _train_frame(sc)
+    sequences = sc.data.histories(splits=(S.TRAIN,))
+    reviews: dict[tuple[str, int], str] = {}
+    if "explain" in config.mixture and S.REVIEW in frame:
+        for user, group in frame.groupby(S.USER_ID, sort=False):  # rows in each user's chronological order
+            for t, text in enumerate(group[S.REVIEW].tolist()):
+                cleaned = clean_review(text if isinstance(text, str) else None, config.max_review_chars)
+                if len(cleaned) >= config.min_review_chars:
+                    reviews[(str(user), t)] = cleaned
+    positions = [
+        _Position(u, t)
+        for u, h in sequences.items()
+        for t in range(len(h) - 1, max(0, len(h) - 1 - config.positions), -1)
+        if t >= 1
+    ]
+    pools = {
+        "rank": positions,
+        "rate": [
+            p for p in positions if sequences[p.user_id].ratings and sequences[p.user_id].ratings[p.t] is not None
+        ],
+        "explain": [p for p in positions if (p.user_id, p.t) in reviews],
+    }
+    out = ExampleSet([])
+    weights = {task: w for task, w in config.mixture.items() if pools[task]}
+    for task in config.mixture:
+        if task not in weights:
+            what = {"rank": "training sequences of 2+ items", "rate": "ratings", "explain": "review text"}[task]
+            out.notes.append(f"task {task!r} dropped: the training split has no {what}")
+    total = sum(weights.values())
+    for task, w in weights.items():
+        want = max(1, round(config.examples * w / total))
+        pool = pools[task]
+        picked = [pool[j] for j in sorted(rng.choice(len(pool), size=min(want, len(pool)), replace=False))]
+        if len(picked) < want:
+            out.notes.append(f"task {task!r}: {len(picked)} examples (all there are) of {want} asked")
+        made = {"rank": _rank, "rate": _rate, "explain": _explain}[task](rec, sc, sequences, picked, config, rng,
+                                                                         reviews)  # fmt: skip
+        out.examples.extend(made)
+        out.counts[task] = len(made)
+    order = rng.permutation(len(out.examples))  # tasks interleaved
+    out.examples = [out.examples[j] for j in order]
+    return out
+
+
+def _rank(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
+    ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
+    n_neg = config.candidates - 1
+    n_hard = round(n_neg * config.hard_negatives)
+    # Negatives come from items with training interactions: an item seen only in valid/test never
+    # enters a training example, not even as a negative.
+    catalog = np.array(sorted({i for h in sequences.values() for i in h.item_ids}))
+    known = set(catalog.tolist())
+    histories = [list(sequences[p.user_id].item_ids[: p.t]) for p in picked]
+    retrieved = sc.retriever.retrieve(histories=histories, k=min(len(sc.retriever.index), n_hard + 1 + 50))
+    hist_items, cand_items, meta = [], [], []
+    for p, hist, res in zip(picked, histories, retrieved):
+        seq = sequences[p.user_id].item_ids
+        target = seq[p.t]
+        banned = set(seq)  # every item of the user's training sequence: not a negative
+        hard = [i for i in res.item_ids if i not in banned and i in known][:n_hard]
+        taken = banned | set(hard)
+        random: list[str] = []
+        while len(hard) + len(random) < n_neg and len(taken) < len(catalog):
+            for i in rng.choice(catalog, size=min(len(catalog), 2 * n_neg), replace=False):
+                if i not in taken and len(hard) + len(random) < n_neg:
+                    random.append(str(i))
+                    taken.add(str(i))
+        cands = [target, *hard, *random]
+        cands = [cands[j] for j in rng.permutation(len(cands))]  # letter position carries no signal
+        hist_items.append(rec._items(sc, hist))
+        cand_items.append([sc.catalog[i] for i in cands])
+        meta.append((p.user_id, target, cands.index(target)))
+    texts, labels = ranker.prompts(hist_items, cand_items, sc.config.item_noun)
+    return [Example("rank", u, target, text, labs[pos]) for (u, target, pos), text, labs in zip(meta, texts, labels)]
+
+
+def _rate(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
+    predictor = RatingPredictor(rec.loaded, rec.template(sc, "rate"), budget=rec.budget)
+    values = [float(v) for v in predictor.values]
+    out = []
+    for p in picked:
+        h = sequences[p.user_id]
+        rating = h.ratings[p.t]
+        answer = predictor.values[int(np.argmin([abs(v - rating) for v in values]))]  # nearest allowed value
+        text = predictor.prompts(rec._items(sc, h.item_ids[: p.t]), list(h.ratings[: p.t]),
+                                 [sc.catalog[h.item_ids[p.t]]], item_noun=sc.config.item_noun)[0]  # fmt: skip
+        out.append(Example("rate", p.user_id, h.item_ids[p.t], text, answer))
+    return out
+
+
+def _explain(rec, sc, sequences, picked, config, rng, reviews) -> list[Example]:
+    explainer = Explainer(rec.loaded, rec.template(sc, "explain"), sc.matcher, budget=rec.budget)
+    out = []
+    for p in picked:
+        h = sequences[p.user_id]
+        item = sc.catalog[h.item_ids[p.t]]
+        messages = explainer.messages(rec._items(sc, h.item_ids[: p.t]), item, sc.config.item_noun)
+        out.append(Example("explain", p.user_id, item.item_id, chat_text(rec.loaded.tokenizer, messages),
+                           reviews[(p.user_id, p.t)]))  # fmt: skip
+    return out
+
+
+def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int):
+    """A Hugging Face ``datasets.Dataset`` of ``input_ids`` and ``labels`` (prompt tokens masked
+    with -100; text answers end with the EOS token so the model learns to stop). Examples longer
+    than ``max_tokens`` are dropped; the second value says how many."""
+    from datasets import Dataset
+
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "task": [], "user_id": [], "item_id": []}
+    dropped = 0
+    for ex in examples:
+        prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
+        if ex.task in TEXT_TASKS and tokenizer.eos_token_id is not None:
+            answer = answer + [tokenizer.eos_token_id]
+        if len(prompt) + len(answer) > max_tokens or not answer:
+            dropped += 1
+            continue
+        rows["input_ids"].append(prompt + answer)
+        rows["labels"].append([-100] * len(prompt) + answer)
+        rows["task"].append(ex.task)
+        rows["user_id"].append(ex.user_id)
+        rows["item_id"].append(ex.item_id)
+    return Dataset.from_dict(rows), dropped

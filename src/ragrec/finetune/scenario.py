@@ -1,0 +1,236 @@
+"""New scenarios from a CSV of interactions and a CSV of items, in two commands.
+
+``ragrec scenario new NAME --interactions I.csv --items T.csv`` writes a scenario folder::
+
+    scenario.yaml        data source + column mapping, item noun, split, retriever, model,
+                         recommender settings, fine-tuning config (all editable)
+    templates/*.yaml     one prompt template per task, copied from ``default`` for editing
+
+``ragrec finetune --scenario NAME`` then reads the files, preprocesses and splits them, trains
+the retriever, builds examples, trains the LoRA adapter with validation, and registers the result
+as a servable recommender folder (``<scenario>/recommender``, or added to an existing one).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragrec import schema as S
+from ragrec.config import model_from_yaml
+from ragrec.data.loaders import DataMapping, TableMapping
+from ragrec.data.readers import open_binary
+from ragrec.errors import DataFormatError, RagrecError
+from ragrec.finetune.config import FinetuneConfig
+from ragrec.io import atomic_directory, atomic_write_text
+
+__all__ = ["ScenarioSpec", "new_scenario", "load_spec", "run_scenario", "guess_columns", "ScenarioRun"]
+
+SPEC = "scenario.yaml"
+# Column names seen in public datasets, per ragrec field (first match wins, case-insensitive).
+GUESSES: dict[str, tuple[str, ...]] = {
+    S.USER_ID: ("user_id", "userid", "user", "reviewerid", "uid", "customer_id"),
+    S.ITEM_ID: ("item_id", "itemid", "item", "movieid", "movie_id", "asin", "parent_asin", "product_id", "iid"),
+    S.TIMESTAMP: ("timestamp", "time", "unixreviewtime", "ts"),
+    S.RATING: ("rating", "overall", "score", "stars"),
+    S.REVIEW: ("review", "reviewtext", "review_text", "text", "comment"),
+    S.TITLE: ("title", "name", "product_title", "movie_title"),
+    S.YEAR: ("year", "release_year"),
+    S.CATEGORIES: ("categories", "genres", "category", "genre", "tags"),
+    S.BRAND: ("brand", "manufacturer", "studio"),
+    S.DESCRIPTION: ("description", "summary", "overview"),
+}
+INTERACTION_FIELDS = (S.USER_ID, S.ITEM_ID, S.TIMESTAMP, S.RATING, S.REVIEW)
+ITEM_FIELDS = (S.ITEM_ID, S.TITLE, S.YEAR, S.CATEGORIES, S.BRAND, S.DESCRIPTION)
+
+
+class ScenarioSpec(BaseModel):
+    """Everything ``ragrec finetune`` needs for one scenario (``scenario.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Scenario name.")
+    item_noun: str = Field("item", max_length=40, description="What the catalog holds ('movie', 'game').")
+    data: DataMapping = Field(description="Where the interactions and items are, and which columns are which.")
+    split: str = Field("loo", description="loo | ratio:0.8,0.1,0.1 (PROTOCOL.md uses leave-one-out).")
+    k_core: int = Field(0, ge=0, description="Users and items need at least this many interactions.")
+    min_rating: float | None = Field(None, description="Drop interactions rated below this (None: keep all).")
+    retriever: Literal["ease", "popularity"] = Field("ease", description="Candidate retriever.")
+    text: bool = Field(False, description="Embed item texts (MiniLM) for chat queries.")
+    model: str = Field("smollm2-135m-instruct", description="Base LM the adapter is trained on.")
+    recommender: dict[str, Any] = Field(default_factory=dict, description="RecommenderConfig settings.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning settings.")
+
+
+def _header(path: Path) -> list[str]:
+    ext = [s for s in path.suffixes if s != ".gz"]
+    sep = "\t" if ext and ext[-1] in (".tsv", ".tab") else ","
+    with open_binary(path) as f:
+        first = f.readline().decode("utf-8-sig", errors="replace")
+    if not first.strip():
+        raise DataFormatError(path, "empty file (expected a header line)")
+    return next(csv.reader([first], delimiter=sep))
+
+
+def guess_columns(path: str | PathLike[str], fields: tuple[str, ...], given: dict[str, str] | None = None,
+                  required: tuple[str, ...] = ()) -> dict[str, str]:  # fmt: skip
+    """ragrec field -> column of ``path`` by the header's names (``given`` wins); required
+    fields that cannot be found raise an error listing the header."""
+    path = Path(path)
+    header = _header(path)
+    lower = {h.strip().lower(): h for h in header}
+    given = dict(given or {})
+    unknown = set(given) - set(fields)
+    if unknown:
+        raise RagrecError(f"unknown field(s) {sorted(unknown)} for {path.name}; valid: {', '.join(fields)}")
+    out = {}
+    for field in fields:
+        if field in given:
+            if given[field] not in header:
+                raise RagrecError(f"{path}: no column {given[field]!r}; the header has: {', '.join(header)}")
+            out[field] = given[field]
+            continue
+        hit = next((lower[g] for g in GUESSES[field] if g in lower), None)
+        if hit is not None:
+            out[field] = hit
+        elif field in required:
+            raise RagrecError(f"{path}: no column found for {field!r} (the header has: {', '.join(header)}); "
+                              f"name it with --column {field}=COLUMN")  # fmt: skip
+    return out
+
+
+def new_scenario(
+    name: str,
+    folder: str | PathLike[str],
+    *,
+    interactions: str | PathLike[str],
+    items: str | PathLike[str] | None = None,
+    columns: dict[str, str] | None = None,
+    item_columns: dict[str, str] | None = None,
+    item_noun: str = "item",
+    timestamp_format: Literal["unix", "datetime"] = "unix",
+    force: bool = False,
+) -> Path:
+    """Scaffold a scenario folder (see module docstring); returns its ``scenario.yaml``."""
+    from ragrec.prompts import builtin_registry
+    from ragrec.prompts.registry import TASKS
+
+    folder = Path(folder)
+    if folder.exists() and not force:
+        raise RagrecError(f"{folder} exists; pass force to replace it")
+    inter_path = Path(interactions).resolve()
+    inter_cols = guess_columns(inter_path, INTERACTION_FIELDS, columns, required=(S.USER_ID, S.ITEM_ID))
+    mapping = DataMapping(interactions=TableMapping(path=str(inter_path), columns=inter_cols,
+                                                   timestamp_format=timestamp_format))  # fmt: skip
+    if items is not None:
+        item_path = Path(items).resolve()
+        mapping.items = TableMapping(path=str(item_path), columns=guess_columns(item_path, ITEM_FIELDS, item_columns,
+                                                                                required=(S.ITEM_ID,)))  # fmt: skip
+    spec = ScenarioSpec(name=name, item_noun=item_noun, data=mapping)
+    builtin = builtin_registry()
+    with atomic_directory(folder) as staging:
+        atomic_write_text(staging / SPEC, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        (staging / "templates").mkdir()
+        for task in TASKS:
+            tpl = builtin.get("default", task).model_copy(update={"scenario": name})
+            atomic_write_text(staging / "templates" / f"{task}.yaml",
+                              yaml.safe_dump(tpl.model_dump(mode="json"), sort_keys=False))  # fmt: skip
+    return folder / SPEC
+
+
+def load_spec(folder: str | PathLike[str]) -> ScenarioSpec:
+    folder = Path(folder)
+    if not (folder / SPEC).is_file():
+        raise RagrecError(f"{folder}: not a scenario folder (no {SPEC}; create one with `ragrec scenario new`)")
+    spec = model_from_yaml(ScenarioSpec, folder / SPEC)
+    for table in (spec.data.interactions, spec.data.items, spec.data.users):
+        if table is not None and not Path(table.path).is_absolute():
+            table.path = str(folder / table.path)
+    return spec
+
+
+@dataclass
+class ScenarioRun:
+    """What ``run_scenario`` produced."""
+
+    spec: ScenarioSpec
+    result: Any  # FinetuneResult
+    recommender: Path
+    data_stats: dict
+
+
+def run_scenario(
+    folder: str | PathLike[str],
+    *,
+    overrides: dict[str, Any] | None = None,
+    model: str | None = None,
+    out: str | PathLike[str] | None = None,
+    add_to: str | PathLike[str] | None = None,
+    resume: bool = False,
+    loaded=None,
+    echo=print,
+    progress: bool = True,
+) -> ScenarioRun:
+    """Prepare the data, train the retriever, fine-tune the adapter and register a recommender.
+
+    ``overrides`` change fine-tuning settings; the recommender goes to ``out`` (default
+    ``<folder>/recommender``), or is written there with the scenarios of ``add_to`` plus this one.
+    """
+    import torch
+
+    from ragrec.data.loaders import load_tabular
+    from ragrec.data.preprocess import PreprocessConfig
+    from ragrec.data.sources import prepare
+    from ragrec.data.split import SplitConfig
+    from ragrec.finetune.trainer import finetune
+    from ragrec.inference import RecommenderConfig, load_model
+    from ragrec.inference.recommender import load_parts, save_recommender
+    from ragrec.pipeline import build_scenario
+    from ragrec.prompts import TemplateRegistry
+
+    folder = Path(folder)
+    spec = load_spec(folder)
+    config = FinetuneConfig(**{**spec.finetune.model_dump(), **(overrides or {})})
+    rec_config = RecommenderConfig(**{**spec.recommender, "model": model or spec.model})
+    echo(f"reading {spec.data.interactions.path} ...")
+    raw = load_tabular(mapping=spec.data, name=spec.name, scenario=spec.name)
+    data = prepare(raw, preprocessing=PreprocessConfig(min_rating=spec.min_rating, user_core=spec.k_core,
+                                                       item_core=spec.k_core),
+                   split=SplitConfig.parse(spec.split), save_as=folder / "prepared")  # fmt: skip
+    stats = data.stats().to_dict()
+    echo(f"{spec.name}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions; "
+         f"training the {spec.retriever} retriever...")  # fmt: skip
+    sc = build_scenario(data, spec.name, item_noun=spec.item_noun, encoder=spec.retriever, text=spec.text)
+    if (folder / "templates").is_dir():
+        sc.templates = TemplateRegistry().load_dir(folder / "templates")
+    cuda = torch.cuda.is_available()
+    quant = "4bit" if cuda and config.quantization in ("auto", "4bit") else "none"
+    if config.quantization == "4bit" and not cuda:
+        echo("quantization 4bit (QLoRA) needs CUDA; training a plain LoRA on the CPU instead")
+    loaded = loaded or load_model(rec_config.model, quantization=quant, device=rec_config.device)
+    echo(
+        f"fine-tuning on {loaded.device} ({loaded.quantization}): {config.examples} examples, mixture {config.mixture}"
+    )
+    result = finetune(loaded, sc, config, folder / "adapter", rec_config=rec_config, resume=resume,
+                      progress=progress)  # fmt: skip
+    curve = ", ".join(f"step {s}: {v:.4f}" for s, v in result.info.metrics["valid_curve"])
+    echo(f"trained in {result.train_seconds / 60:.1f} min, {result.steps} steps ({result.stop_reason}); "
+         f"validation NDCG@10: {curve}")  # fmt: skip
+    for note in result.notes:
+        echo(f"note: {note}")
+    sc.adapter = folder / "adapter"
+    scenarios = [sc]
+    if add_to is not None:
+        rec_config, existing = load_parts(add_to)
+        scenarios = [s for s in existing if s.name != spec.name] + scenarios
+    target = Path(out) if out is not None else (Path(add_to) if add_to is not None else folder / "recommender")
+    save_recommender(target, scenarios, rec_config)
+    echo(f"registered scenario {spec.name!r} with its adapter in {target} "
+         f"(scenarios: {', '.join(s.name for s in scenarios)})")  # fmt: skip
+    return ScenarioRun(spec, result, target, stats)

@@ -1,0 +1,299 @@
+"""Fine-tuning: examples from training interactions only, answer-only loss, LoRA training with
+validation, resume, atomic adapters with metadata, served by the Recommender."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import MOVIES, movie_data
+from ragrec import schema as S
+from ragrec.data import InteractionData
+from ragrec.data.split import leave_one_out
+from ragrec.errors import CacheError, RagrecError
+from ragrec.finetune import FinetuneConfig, build_examples, finetune, to_dataset
+from ragrec.finetune.examples import clean_review
+from ragrec.inference import Recommender, RecommenderConfig, Scenario, ScenarioConfig, load_model
+from ragrec.inference.adapters import check_adapter, read_adapter_info
+
+REC = RecommenderConfig(candidates=6, max_history=4)
+
+
+def _scenario(data, name="movies"):
+    from ragrec.retrieval import PopularityEncoder, Retriever
+
+    return Scenario(ScenarioConfig(name=name, item_noun="movie"), data,
+                    Retriever.build(PopularityEncoder.fit(data, splits=(S.TRAIN,)), data))  # fmt: skip
+
+
+def _data_with_secrets(review: bool = False):
+    """movie_data plus, per user, two held-out items (valid, test) titled 'secret ...' that
+    nobody has in training; optionally review text on training interactions."""
+    base = movie_data()
+    inter = base.interactions_frame()[[S.USER_ID, S.ITEM_ID, S.TIMESTAMP, S.RATING]].copy()
+    extra, items = [], [(f"m{i}", t, y, [c]) for i, (t, y, c) in enumerate(MOVIES)]
+    for u in sorted(inter[S.USER_ID].unique()):
+        for j, tag in enumerate(("valid", "test")):
+            extra.append((u, f"s-{u}-{tag}", 100 + j, 5.0))
+            items.append((f"s-{u}-{tag}", f"secret {tag} {u}", 2000, ["drama"]))
+    inter = pd.concat([inter, pd.DataFrame(extra, columns=inter.columns)], ignore_index=True)
+    if review:
+        inter[S.REVIEW] = [f"I liked this one a lot because it is a fine movie number {i}." for i in range(len(inter))]
+    frame = pd.DataFrame(items, columns=[S.ITEM_ID, S.TITLE, S.YEAR, S.CATEGORIES])
+    return leave_one_out(InteractionData.from_frames("movies", inter, frame))
+
+
+@pytest.fixture
+def loaded(tiny_lm_dir):
+    return load_model(str(tiny_lm_dir))  # fresh per test: finetune wraps the model in place
+
+
+def test_examples_use_training_interactions_only(loaded):
+    data = _data_with_secrets(review=True)
+    rec = Recommender(loaded, [_scenario(data)], REC)
+    config = FinetuneConfig(mixture={"rank": 2, "rate": 1, "explain": 1}, examples=40, positions=3, candidates=6)
+    ex = build_examples(rec, None, config)
+    assert set(ex.counts) == {"rank", "rate", "explain"} and ex.counts["rank"] > ex.counts["rate"]
+    train = data.histories(splits=(S.TRAIN,))
+    for e in ex.examples:
+        assert "secret" not in e.prompt and "secret" not in e.completion
+        assert e.item_id in train[e.user_id].item_ids
+    ranks = [e for e in ex.examples if e.task == "rank"]
+    for e in ranks:  # the answer letter names the target's line
+        line = next(x for x in e.prompt.splitlines() if x.startswith(f"{e.completion}."))
+        assert data.item(e.item_id).title in line
+    assert len({e.completion for e in ranks}) >= 3  # shuffled: the target is not always in one slot
+    rates = [e for e in ex.examples if e.task == "rate"]
+    assert all(e.completion in {"1", "2", "3", "4", "5"} for e in rates)
+    assert all(e.completion.startswith("I liked") for e in ex.examples if e.task == "explain")
+
+
+def test_tasks_without_data_are_dropped_and_said(loaded):
+    rec = Recommender(loaded, [_scenario(movie_data())], REC)
+    ex = build_examples(rec, None, FinetuneConfig(mixture={"rank": 1, "explain": 1}, examples=10, candidates=6))
+    assert set(ex.counts) == {"rank"} and any("explain" in n and "review" in n for n in ex.notes)
+
+
+def test_dataset_masks_the_prompt(loaded):
+    rec = Recommender(loaded, [_scenario(movie_data())], REC)
+    ex = build_examples(rec, None, FinetuneConfig(examples=5, candidates=6))
+    ds, dropped = to_dataset(ex.examples, loaded.tokenizer, max_tokens=2048)
+    assert dropped == 0 and len(ds) == len(ex.examples)
+    for row, e in zip(ds, ex.examples):
+        answer = [t for t in row["labels"] if t != -100]
+        assert answer == loaded.tokenizer(e.completion, add_special_tokens=False)["input_ids"]
+        assert row["labels"][-len(answer) :] == row["input_ids"][-len(answer) :]  # the answer ends the sequence
+    _, dropped = to_dataset(ex.examples, loaded.tokenizer, max_tokens=10)
+    assert dropped == len(ex.examples)
+
+
+def test_clean_review_cuts_at_a_sentence():
+    text = "Great strings. They<br/>last long!   Would buy again and again and again."
+    assert clean_review(text, 40) == "Great strings. They last long!"
+    assert clean_review(None, 40) == ""
+
+
+def test_config_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown task"):
+        FinetuneConfig(mixture={"rank": 1, "summarise": 1})
+    with pytest.raises(ValueError, match="extra"):
+        FinetuneConfig(lora_rank=4)
+
+
+def _train(loaded, tmp_path, name="run", **kw):
+    config = FinetuneConfig(**{"examples": 24, "candidates": 6, "positions": 3, "max_steps": 6, "eval_steps": 2,
+                               "grad_accum": 2, "eval_users": 6, "learning_rate": 5e-2, "lora_r": 4,
+                               "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, "lora_layers": 1, **kw})  # fmt: skip
+    return finetune(loaded, _scenario(movie_data()), config, tmp_path / name, rec_config=REC, progress=False)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_finetune_saves_an_adapter_the_recommender_serves(loaded, tiny_lm_dir, tmp_path):
+    base = Recommender(load_model(str(tiny_lm_dir)), [_scenario(movie_data())], REC)
+    res = _train(loaded, tmp_path)
+    assert res.steps >= 2 and res.train_seconds > 0
+    info = read_adapter_info(res.adapter)
+    assert info.scenario == "movies" and info.tasks == {"rank": 24} and info.templates["rank"].endswith("v1")
+    assert info.metrics["valid_users"] == 6 and len(info.metrics["valid_curve"]) >= 1
+    assert info.train["stop_reason"] in ("completed",) or "early stopping" in info.train["stop_reason"]
+    w = _weights(res.adapter)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in w.items())  # B starts at zero: it trained
+    assert w and all(".layers.1." in k for k in w)  # lora_layers=1: only the last of the 2 layers
+    sc = base.scenario()
+    served = Recommender(load_model(str(tiny_lm_dir)), [Scenario(sc.config, sc.data, sc.retriever, adapter=res.adapter)],
+                         REC)  # fmt: skip
+    user = next(iter(served.scenario().histories))
+    a = served.recommend(user, k=3)
+    b = base.recommend(user, k=3)
+    assert served.active_adapter == "movies" and base.active_adapter is None
+    assert [i.score for i in a.items] != [i.score for i in b.items]
+
+
+def test_resume_gives_the_same_adapter(loaded, tiny_lm_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    full = _train(loaded, tmp_path, "full", save_total_limit=5)
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    config = FinetuneConfig(examples=24, candidates=6, positions=3, max_steps=6, eval_steps=2, grad_accum=2,
+                            eval_users=6, learning_rate=5e-2, lora_r=4, target_modules=["q_proj", "v_proj"],
+                            lora_dropout=0.0, save_total_limit=5)  # fmt: skip
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_model(str(tiny_lm_dir)), _scenario(movie_data()), config, out, rec_config=REC, progress=False,
+                 callbacks=[Crash()])  # fmt: skip
+    assert not out.exists() and any((tmp_path / "resumed.work").glob("checkpoint-2"))
+    res = finetune(load_model(str(tiny_lm_dir)), _scenario(movie_data()), config, out, rec_config=REC,
+                   progress=False, resume=True)  # fmt: skip
+    assert res.steps == full.steps
+    a, b = _weights(full.adapter), _weights(res.adapter)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+def test_adapters_are_saved_atomically_and_checked(loaded, tiny_lm_dir, tmp_path, monkeypatch):
+    res = _train(loaded, tmp_path, max_steps=2)
+    before = _weights(res.adapter)
+    import ragrec.inference.adapters as A
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(A, "sha256_file", crash)  # fails after peft wrote the weights, before the metadata
+    with pytest.raises(OSError):
+        A.save_adapter(res.model, "default", res.adapter, read_adapter_info(res.adapter))
+    monkeypatch.undo()
+    for k, v in _weights(res.adapter).items():  # the old adapter is intact and still loads
+        torch.testing.assert_close(v, before[k])
+    assert check_adapter(res.adapter).scenario == "movies"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.new")]
+    # A damaged weights file is refused, not served.
+    blob = (res.adapter / "adapter_model.safetensors").read_bytes()
+    (res.adapter / "adapter_model.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CacheError, match="checksum"):
+        Recommender(load_model(str(tiny_lm_dir)),
+                    [Scenario(ScenarioConfig(name="movies"), movie_data(), _scenario(movie_data()).retriever,
+                              adapter=res.adapter)], REC)  # fmt: skip
+
+
+def test_adapter_from_another_base_model_is_refused(loaded, tiny_lm_dir, tmp_path):
+    res = _train(loaded, tmp_path, max_steps=2)
+    other = load_model(str(tiny_lm_dir))
+    with torch.no_grad():
+        other.model.get_input_embeddings().weight.add_(0.5)
+    with pytest.raises(RagrecError, match="other weights"):
+        check_adapter(res.adapter, other.model, base_model="edited")
+    meta = json.loads((res.adapter / "ragrec_adapter.json").read_text())
+    assert len(meta["base_fingerprint"]) == 32 and np.isfinite(meta["base_fingerprint"]).all()
+
+
+def _csvs(tmp_path, data, prefix):
+    inter = data.interactions_frame()
+    pd.DataFrame({"userId": inter[S.USER_ID], "movieId": inter[S.ITEM_ID], "stars": inter[S.RATING],
+                  "timestamp": inter[S.TIMESTAMP]}).to_csv(tmp_path / f"{prefix}_ratings.csv", index=False)  # fmt: skip
+    items = [data.item(i) for i in data.item_ids()]
+    pd.DataFrame({"movieId": [i.item_id for i in items], "name": [i.title for i in items],
+                  "genres": ["|".join(i.categories) for i in items]}).to_csv(tmp_path / f"{prefix}_items.csv", index=False)  # fmt: skip
+    return tmp_path / f"{prefix}_ratings.csv", tmp_path / f"{prefix}_items.csv"
+
+
+TINY_FT = ["max_steps=2", "eval_steps=1", "eval_users=4", "examples=8", "candidates=6", "grad_accum=2", "lora_r=2",
+           "lora_layers=1"]  # fmt: skip
+
+
+def test_scenario_new_and_finetune_from_two_csvs(tiny_lm_dir, tmp_path):
+    from conftest import run_cli
+
+    inter, items = _csvs(tmp_path, movie_data(), "m")
+    code, out, err = run_cli("scenario", "new", "films", "--interactions", str(inter), "--items", str(items),
+                             "--item-noun", "movie", "--root", str(tmp_path / "sc"))  # fmt: skip
+    assert code == 0, err
+    spec = yaml.safe_load((tmp_path / "sc" / "films" / "scenario.yaml").read_text())
+    assert spec["data"]["interactions"]["columns"] == {"user_id": "userId", "item_id": "movieId",
+                                                       "timestamp": "timestamp", "rating": "stars"}  # fmt: skip
+    assert spec["data"]["items"]["columns"] == {"item_id": "movieId", "title": "name", "categories": "genres"}
+    assert sorted(p.name for p in (tmp_path / "sc" / "films" / "templates").iterdir()) == [
+        "chat.yaml", "explain.yaml", "generate.yaml", "rank.yaml", "rate.yaml"]  # fmt: skip
+    args = [a for s in TINY_FT for a in ("--set", s)]
+    code, out, err = run_cli("finetune", "--scenario", "films", "--root", str(tmp_path / "sc"), "--model",
+                             str(tiny_lm_dir), *args)  # fmt: skip
+    assert code == 0, err
+    assert "registered scenario 'films'" in out
+    rec_dir = tmp_path / "sc" / "films" / "recommender"
+    rec = Recommender.from_pretrained(rec_dir)
+    assert read_adapter_info(rec_dir / "scenarios" / "films" / "adapter").scenario == "films"
+    user = next(iter(rec.scenario("films").histories))
+    assert len(rec.recommend(user, k=3).items) == 3 and rec.active_adapter == "films"
+    # A missing column is named, with the header, instead of a traceback.
+    pd.DataFrame({"who": ["a"], "what": ["b"]}).to_csv(tmp_path / "bad.csv", index=False)
+    code, _, err = run_cli("scenario", "new", "bad", "--interactions", str(tmp_path / "bad.csv"), "--root",
+                           str(tmp_path / "sc"))  # fmt: skip
+    assert code == 2 and "user_id" in err and "who, what" in err
+
+
+def test_two_finetuned_scenarios_in_one_process(tiny_lm_dir, tmp_path):
+    from ragrec.config import parse_overrides
+    from ragrec.finetune.scenario import new_scenario, run_scenario
+
+    folders = {}
+    for name in ("films", "games"):
+        inter, items = _csvs(tmp_path, movie_data(), name)
+        folders[name] = new_scenario(name, tmp_path / name, interactions=inter, items=items).parent
+    # The games scenario gets its own wording: switching scenario must switch prompts too.
+    rank = folders["games"] / "templates" / "rank.yaml"
+    rank.write_text(rank.read_text().replace("You are a recommender system.", "You are a game shop clerk."))
+    ov = parse_overrides(TINY_FT)
+    run_scenario(folders["films"], overrides=ov, model=str(tiny_lm_dir), out=tmp_path / "rec", progress=False,
+                 echo=lambda s: None)  # fmt: skip
+    run_scenario(folders["games"], overrides={**ov, "lora_r": 3}, model=str(tiny_lm_dir), add_to=tmp_path / "rec",
+                 progress=False, echo=lambda s: None)  # fmt: skip
+    rec = Recommender.from_pretrained(tmp_path / "rec")
+    assert list(rec.scenarios) == ["films", "games"]
+    assert sorted(rec.loaded.model.peft_config) == ["films", "games"]
+    assert rec.loaded.model.peft_config["games"].r == 3 and rec.loaded.model.peft_config["films"].r == 2
+    user = next(iter(rec.scenario("films").histories))
+    scores = {}
+    for name in ("films", "games", "films"):
+        r = rec.recommend(user, scenario=name, k=3)
+        assert rec.active_adapter == name and rec.loaded.model.active_adapter == name
+        scores.setdefault(name, []).append([i.score for i in r.items])
+    assert scores["films"][0] == scores["films"][1]  # switching back restores the first adapter exactly
+    assert "game shop clerk" in rec.template(rec.scenario("games"), "rank").system
+    assert "game shop clerk" not in rec.template(rec.scenario("films"), "rank").system
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_on_two_cpu_processes(tiny_lm_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert launcher, "accelerate's launcher is installed with the package"
+    script = Path(__file__).parent / "scripts" / "ddp_finetune.py"
+    # --multi_gpu selects accelerate's torchrun launcher; without CUDA the processes join over gloo on the CPU.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+                           str(script), str(tiny_lm_dir), str(tmp_path / "adapter")],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("RESULT steps=2 world=2") == 2
+    assert read_adapter_info(tmp_path / "adapter").train["processes"] == 2
