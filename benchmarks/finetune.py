@@ -5,6 +5,8 @@ Stages (each can run alone):
 
 * ``train``: LoRA on rank examples built from the training split (hard + random negatives,
   shuffled letters), early stopping on validation NDCG@10 -> ``.bench/ft_ml100k/adapter``.
+* ``register``: a recommender folder serving the movies scenario with that adapter
+  -> ``.bench/ft_ml100k/recommender`` (``finetune_games.py`` adds the Games scenario to it).
 * ``score``: the adapter scores the very prompts ``llm_rank.py prepare`` wrote for the zero-shot
   rows (same users, candidates and rendering) -> ``.bench/finetune_scores.json`` (resumable).
 * ``report``: rows (a)-(d) on the same test users, paired bootstrap CIs, the fusion weight chosen
@@ -69,6 +71,19 @@ def train(out: Path, model: str, overrides: dict) -> None:
     _log(f"trained in {res.train_seconds / 60:.1f} min, {res.steps} steps ({res.stop_reason})")
 
 
+def register(ft_dir: Path, model: str) -> Path:
+    """A servable recommender folder: the ML-100K scenario with its trained adapter (the Games
+    scenario of ``finetune_games.py`` is added to it with ``ragrec finetune --add-to``)."""
+    from ragrec.inference import RecommenderConfig
+    from ragrec.inference.recommender import save_recommender
+
+    sc = llm_rank._scenario()
+    sc.adapter = ft_dir / "adapter"
+    target = save_recommender(ft_dir / "recommender", [sc], RecommenderConfig(model=model))
+    _log(f"registered the movies scenario with its adapter: {target}")
+    return target
+
+
 def report(work: Path, ft_dir: Path) -> None:
     from ragrec.eval.llm import choose_fusion_weight, llm_results
     from ragrec.eval.report import compare, write_report
@@ -129,7 +144,7 @@ def report(work: Path, ft_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stages", nargs="*", default=["train", "score", "report"])
+    p.add_argument("--stages", nargs="*", default=["train", "register", "score", "report"])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
     p.add_argument("--valid-users", type=int, default=300)
@@ -142,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     ft_dir.mkdir(parents=True, exist_ok=True)
     if "train" in args.stages:
         train(ft_dir, args.model, parse_overrides(args.set))
+    if "register" in args.stages:
+        register(ft_dir, args.model)
     if "score" in args.stages:
         llm_rank.score(args.work / "llm_rank_prompts.json", args.work / "finetune_scores.json", args.model, 8, "none",
                        1, args.valid_users, args.test_users, adapter=ft_dir / "adapter")  # fmt: skip

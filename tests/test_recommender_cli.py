@@ -48,7 +48,8 @@ def test_eval_llm_writes_a_report(rec_dir, tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "llm.json").read_text())
     systems = [r["system"] for r in report["rows"]]
-    assert systems[:2] == ["retriever", "retriever + LLM"] and systems[2].startswith("retriever + LLM, fused")
+    assert systems[:2] == ["retriever", "retriever + LLM (zero-shot)"]
+    assert systems[2].startswith("retriever + LLM (zero-shot), fused")
     assert all(r["users"] == 10 for r in report["rows"])
     assert (tmp_path / "llm.md").is_file() and (tmp_path / "llm_recall.png").is_file()
 

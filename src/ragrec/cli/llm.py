@@ -182,10 +182,15 @@ def eval_llm_cmd(
     tune_users: Annotated[int, typer.Option(help="Validation users for choosing the fusion weight (0: skip).")] = 200,
     permutations: Annotated[int, typer.Option(help="Cyclic shifts averaged against position bias.")] = 1,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    adapter: Annotated[
+        bool, typer.Option(help="Use the scenario's adapter (--no-adapter: the base model, zero-shot).")
+    ] = True,
     quantization: Quant = None,
     device: Device = None,
 ) -> None:
     """Retriever vs retriever + LLM (zero-shot or adapter) on the test split, with paired bootstrap CIs."""
+    import dataclasses
+
     from ragrec import schema as S
     from ragrec.eval.llm import choose_fusion_weight, llm_results, sample_users, score_llm
     from ragrec.eval.report import compare, write_report
@@ -193,14 +198,17 @@ def eval_llm_cmd(
     rec = _load(rec_dir, quantization, device)
     rec.config.permutations = permutations
     sc = rec.scenario(scenario)
-    systems: dict[str, float | None] = {"retriever": None, "retriever + LLM": 0.0}
+    if not adapter and sc.adapter is not None:  # the adapter layers are switched off for this scenario
+        sc = rec.scenarios[sc.name] = dataclasses.replace(sc, adapter=None)
+    llm = "LLM" + (" (fine-tuned)" if sc.adapter is not None else " (zero-shot)")
+    systems: dict[str, float | None] = {"retriever": None, f"retriever + {llm}": 0.0}
     extra = {}
     if tune_users:
         valid = score_llm(
             rec, sc.name, split=S.VALID, users=sample_users(list(sc.data.targets(S.VALID)), tune_users, seed)
         )
         weight, tried = choose_fusion_weight(valid)
-        systems[f"retriever + LLM, fused (w={weight:g} on valid)"] = weight
+        systems[f"retriever + {llm}, fused (w={weight:g} on valid)"] = weight
         extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
     test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
     results = llm_results(test, systems)

@@ -205,6 +205,10 @@ def finetune(
     model = get_peft_model(model, lora)  # "default": the Trainer saves and reloads checkpoints of that name
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
+    elif hasattr(model, "disable_input_require_grads"):
+        # peft makes the embedding output require grad (for checkpointing); without checkpointing
+        # that only forces backward through the layers below the adapted ones.
+        model.disable_input_require_grads()
     loaded.model = model
     # The recommender now serves the adapter being trained (use() switches it on by name).
     rec.scenarios[scenario.name] = dataclasses.replace(scenario, adapter=out)
