@@ -266,6 +266,8 @@ def finetune(
         stop = f"early stopping (no {METRIC} gain in {config.patience} validations)"
     else:
         stop = "completed"
+    if state.best_model_checkpoint:  # load_best_model_at_end: the adapter saved is the best validated one
+        stop += f"; best validation at {Path(state.best_model_checkpoint).name}, kept"
     evals = [e for e in state.log_history if f"eval_{METRIC}" in e]
     info = AdapterInfo(
         base_model=loaded.source,
