@@ -105,11 +105,14 @@ def test_config_rejects_unknown_names():
         FinetuneConfig(lora_rank=4)
 
 
+def _config(**kw):
+    return FinetuneConfig(**{"examples": 24, "candidates": 6, "positions": 3, "max_steps": 6, "eval_steps": 2,
+                             "grad_accum": 2, "eval_users": 6, "learning_rate": 5e-2, "lora_r": 4,
+                             "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, "lora_layers": 1, **kw})  # fmt: skip
+
+
 def _train(loaded, tmp_path, name="run", **kw):
-    config = FinetuneConfig(**{"examples": 24, "candidates": 6, "positions": 3, "max_steps": 6, "eval_steps": 2,
-                               "grad_accum": 2, "eval_users": 6, "learning_rate": 5e-2, "lora_r": 4,
-                               "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, "lora_layers": 1, **kw})  # fmt: skip
-    return finetune(loaded, _scenario(movie_data()), config, tmp_path / name, rec_config=REC, progress=False)
+    return finetune(loaded, _scenario(movie_data()), _config(**kw), tmp_path / name, rec_config=REC, progress=False)
 
 
 def _weights(folder):
@@ -150,9 +153,7 @@ def test_resume_gives_the_same_adapter(loaded, tiny_lm_dir, tmp_path):
             if state.global_step == 3:
                 raise KeyboardInterrupt
 
-    config = FinetuneConfig(examples=24, candidates=6, positions=3, max_steps=6, eval_steps=2, grad_accum=2,
-                            eval_users=6, learning_rate=5e-2, lora_r=4, target_modules=["q_proj", "v_proj"],
-                            lora_dropout=0.0, save_total_limit=5)  # fmt: skip
+    config = _config(save_total_limit=5)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         finetune(load_model(str(tiny_lm_dir)), _scenario(movie_data()), config, out, rec_config=REC, progress=False,
