@@ -3,8 +3,9 @@
 
 Stages (each can run alone):
 
-* ``train``: LoRA on rank examples built from the training split (hard + random negatives,
-  shuffled letters), early stopping on validation NDCG@10 -> ``.bench/ft_ml100k/adapter``.
+* ``train``: LoRA on rank examples built from the training split (targets the retriever ranks in
+  its top 20, negatives from that list + random ones, shuffled letters, loss over the letters),
+  early stopping on validation NDCG@10 -> ``.bench/ft_ml100k/adapter``.
 * ``register``: a recommender folder serving the movies scenario with that adapter
   -> ``.bench/ft_ml100k/recommender`` (``finetune_games.py`` adds the Games scenario to it).
 * ``score``: the adapter scores the very prompts ``llm_rank.py prepare`` wrote for the zero-shot
@@ -34,7 +35,7 @@ RESULTS = HERE / "results"
 WORK = HERE.parent / ".bench"
 TRAIN_DEFAULTS = {
     "examples": 440,
-    "positions": 1,
+    "positions": 3,
     "candidates": 20,
     "hard_negatives": 0.75,
     "lora_r": 16,
@@ -124,7 +125,10 @@ def report(work: Path, ft_dir: Path) -> None:
         f"Target (issue #5): (d) >= 1.10 x (a) on NDCG@10: measured {ratio:.3f} x. (c) > (b): "
         f"{c.metrics()['ndcg@10']:.4f} vs {b.metrics()['ndcg@10']:.4f}.",
         f"Training: {sum(trained['examples'].values())} rank examples from the train split (target + "
-        f"{cfg['candidates'] - 1} negatives, {cfg['hard_negatives']:.0%} from the retriever, shuffled letters), LoRA "
+        f"{cfg['candidates'] - 1} negatives, {cfg['hard_negatives']:.0%} from the retriever's top "
+        f"{cfg['candidates']}, shuffled letters; "
+        + ("only targets the retriever ranks in its top list, as at serving; " if cfg.get("target_retrieved") else "")
+        + f"loss over {'the candidate letters' if cfg.get('rank_loss') == 'choices' else 'the vocabulary'}), LoRA "
         f"r={cfg['lora_r']} alpha={cfg['lora_alpha']:g} on the last {cfg['lora_layers']} layers, lr {cfg['learning_rate']:g}, "
         f"{trained['steps']} steps of {cfg['grad_accum']} examples, {trained['train_seconds'] / 60:.1f} min on "
         f"{trained['device']} ({trained['stop_reason']}), validation NDCG@10 on {cfg['eval_users']} users every "

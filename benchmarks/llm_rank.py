@@ -192,18 +192,34 @@ def generate(out: Path, model: str, users: int | None, n: int = 5) -> None:
     trie = TitleTrie(loaded.tokenizer, list(sc.catalog.values()))
     ids, histories, targets = eval_users(sc.data, "test")
     ids = ids[:users] if users else ids
-    rows, outside, t0 = [], 0, time.perf_counter()
+    # Resumable: rows of an earlier (interrupted) run with the same model and n are kept.
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    same = old.get("model") == loaded.source and old.get("n") == n
+    rows = old.get("rows", []) if same else []
+    secs = old.get("seconds", old.get("seconds_per_user", 0.0) * len(rows)) if same else 0.0
+    done = {r["user"] for r in rows}
+
+    def write() -> None:
+        outside = sum(i not in sc.catalog for r in rows for i in r["items"])
+        data = {"model": loaded.source, "device": loaded.device, "users": len(rows), "n": n,
+                         "outside_catalog": outside, "seconds": secs,
+                         "seconds_per_user": secs / max(len(rows), 1), "rows": rows}  # fmt: skip
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(out)
+
     for j, user in enumerate(ids):
+        if user in done:
+            continue
+        t0 = time.perf_counter()
         hist = [sc.catalog[i] for i in histories[j]]
         res = gen.generate(hist, trie, n=n, item_noun="movie", exclude=hist)
-        outside += sum(i not in sc.catalog for i in res.item_ids)
+        secs += time.perf_counter() - t0
         rows.append({"user": user, "items": list(res.item_ids), "target": targets[j]})
-        if j % 50 == 0:
-            _log(f"generate: {j + 1}/{len(ids)} users, {(time.perf_counter() - t0) / (j + 1):.2f} s/user")
-    secs = time.perf_counter() - t0
-    out.write_text(json.dumps({"model": loaded.source, "device": loaded.device, "users": len(ids), "n": n,
-                               "outside_catalog": outside, "seconds_per_user": secs / max(len(ids), 1),
-                               "rows": rows}))  # fmt: skip
+        if len(rows) % 50 == 0:
+            write()
+            _log(f"generate: {len(rows)}/{len(ids)} users, {secs / len(rows):.2f} s/user")
+    write()
 
 
 def _llm_scores(work: dict, scores: dict, split: str, shifts: int):

@@ -73,6 +73,46 @@ def test_examples_use_training_interactions_only(loaded):
     assert all(e.completion.startswith("I liked") for e in ex.examples if e.task == "explain")
 
 
+def test_rank_examples_are_drawn_like_serving_candidates(loaded):
+    data = movie_data()
+    sc = _scenario(data)
+    rec = Recommender(loaded, [sc], REC)
+    train = data.histories(splits=(S.TRAIN,))
+
+    def retrieved_rank(e):  # where the retriever puts the target among items the user has not trained on
+        seq = list(train[e.user_id].item_ids)
+        t = seq.index(e.item_id)
+        top = sc.retriever.retrieve(histories=[seq[:t]], k=len(sc.retriever.index) - t)[0].item_ids
+        return [i for i in top if i == e.item_id or i not in seq], [i for i in top if i not in seq]
+
+    common = {"examples": 30, "positions": 3, "candidates": 3, "hard_negatives": 1.0}
+    ex = build_examples(rec, None, FinetuneConfig(**common))
+    assert ex.examples and all(len(e.choices) == 3 and e.completion in e.choices for e in ex.examples)
+    for e in ex.examples:
+        ranked, negatives = retrieved_rank(e)
+        assert e.item_id in ranked[:3]  # the target is one the retriever would have served
+        lines = [x for x in e.prompt.splitlines() if x[:2] in {f"{c}." for c in e.choices}]
+        assert all(any(data.item(i).title in x for i in ranked[:3]) for x in lines)  # negatives: the same top list
+    loose = build_examples(rec, None, FinetuneConfig(**common, target_retrieved=False))
+    assert any(e.item_id not in retrieved_rank(e)[0][:3] for e in loose.examples)
+
+
+def test_answer_loss_is_over_the_candidates_for_rank_rows():
+    from ragrec.finetune.trainer import answer_loss, collate_left
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 50)
+    target = torch.tensor([[-100, -100, 7], [-100, 11, 12]])
+    choices = torch.tensor([[5, 7, 9], [-1, -1, -1]])  # row 0 ranks letters 5/7/9; row 1 is a text answer
+    rank = torch.nn.functional.cross_entropy(logits[0, -1, [5, 7, 9]][None], torch.tensor([1]))
+    text = torch.nn.functional.cross_entropy(logits[1, 1:], torch.tensor([11, 12]), reduction="sum")
+    torch.testing.assert_close(answer_loss(logits, target, choices), (rank + text) / 3)
+    assert answer_loss(logits[:1], target[:1], choices[:1]) < answer_loss(logits[:1], target[:1])  # vocab: larger
+    batch = collate_left(0)([{"input_ids": [1, 2], "labels": [-100, 2], "choices": [2, 3]},
+                             {"input_ids": [4], "labels": [4], "choices": []}])  # fmt: skip
+    assert batch["choices"].tolist() == [[2, 3], [-1, -1]] and batch["input_ids"].tolist() == [[1, 2], [0, 4]]
+
+
 def test_tasks_without_data_are_dropped_and_said(loaded):
     rec = Recommender(loaded, [_scenario(movie_data())], REC)
     ex = build_examples(rec, None, FinetuneConfig(mixture={"rank": 1, "explain": 1}, examples=10, candidates=6))
@@ -126,7 +166,9 @@ def test_finetune_saves_an_adapter_the_recommender_serves(loaded, tiny_lm_dir, t
     res = _train(loaded, tmp_path)
     assert res.steps >= 2 and res.train_seconds > 0
     info = read_adapter_info(res.adapter)
-    assert info.scenario == "movies" and info.tasks == {"rank": 24} and info.templates["rank"].endswith("v1")
+    assert info.scenario == "movies" and info.tasks == res.examples and info.templates["rank"].endswith("v1")
+    n = res.examples["rank"]  # positions whose target the retriever serves in its top 6: fewer than the 24 asked
+    assert 10 <= n <= 24 and (n == 24 or any(f"{n} examples (all there are) of 24" in x for x in res.notes))
     assert info.metrics["valid_users"] == 6 and len(info.metrics["valid_curve"]) >= 1
     assert info.train["stop_reason"].startswith(("completed", "early stopping"))
     assert info.train["stop_reason"].endswith(f"{info.metrics['best_checkpoint']}, kept")

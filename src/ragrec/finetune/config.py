@@ -31,6 +31,14 @@ class FinetuneConfig(BaseModel):
         0.75, ge=0, le=1, description="Share of a rank example's negatives taken from the retriever's top results "
         "(the rest are random catalog items).",
     )  # fmt: skip
+    target_retrieved: bool = Field(
+        True, description="Rank examples only where the retriever ranks the target in its top `candidates` "
+        "(as at serving time, where the LLM only sees retrieved items); hard negatives are drawn from that same list.",
+    )  # fmt: skip
+    rank_loss: Literal["choices", "vocab"] = Field(
+        "choices", description="Rank answers: cross-entropy over the candidates' letters (the scores the ranker "
+        "reads) or over the whole vocabulary.",
+    )  # fmt: skip
     max_review_chars: int = Field(400, ge=20, description="Explain targets: review text cut at a sentence end.")
     min_review_chars: int = Field(40, ge=1, description="Explain targets: shorter reviews are skipped.")
     seed: int = Field(0, description="Seed of example sampling, negative sampling, shuffling and training.")

@@ -8,10 +8,17 @@ Only interactions of the ``train`` split are read: a target is an item of a user
 sequence and its history is what came before it. Validation and test items never appear in a
 training example (they are not even loaded).
 
-* **rank**: the target among ``candidates - 1`` negatives, a share of them the retriever's top
-  results for that history (hard negatives, the kind seen at serving time) and the rest random
-  catalog items; items the user ever trained on are never negatives. The list is shuffled, so the
-  letter's position carries no signal; the answer is the target's letter.
+* **rank**: the target among ``candidates - 1`` negatives, a share of them drawn from the
+  retriever's top ``candidates`` for that history (hard negatives, the kind seen at serving time)
+  and the rest random catalog items; items the user ever trained on are never negatives. With
+  ``target_retrieved`` (default) only positions whose target the retriever itself ranks in its top
+  ``candidates`` make rank examples, and hard negatives are drawn uniformly from that same top
+  list: target and negatives are then alike in how the retriever sees them, as at serving time,
+  where the LLM only ever ranks retrieved items. (Inserting a target the retriever does not rank
+  among its top results teaches "the least retriever-like candidate is the answer", which is
+  false at serving time and made a fine-tuned model rank worse than chance.) The list is
+  shuffled, so the letter's position carries no signal; the answer is the target's letter and
+  ``choices`` lists every candidate's letter (for the loss over candidates).
 * **rate**: the answer is the rounded rating (when the data has ratings).
 * **explain**: the answer is the user's own review of the target (when the data has review
   text), cut at a sentence end. No target text is ever invented.
@@ -49,6 +56,7 @@ class Example:
     item_id: str
     prompt: str
     completion: str
+    choices: tuple[str, ...] = ()  # rank: the letters of all candidates (the answer is one of them)
 
 
 @dataclass
@@ -107,8 +115,11 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
         for t in range(len(h) - 1, max(0, len(h) - 1 - config.positions), -1)
         if t >= 1
     ]
+    retrieved: dict[tuple[str, int], list[str]] = {}
+    if "rank" in config.mixture:
+        retrieved = _retrieved(sc, sequences, positions, config)
     pools = {
-        "rank": positions,
+        "rank": [p for p in positions if (p.user_id, p.t) in retrieved] if config.target_retrieved else positions,
         "rate": [
             p for p in positions if sequences[p.user_id].ratings and sequences[p.user_id].ratings[p.t] is not None
         ],
@@ -118,7 +129,9 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
     weights = {task: w for task, w in config.mixture.items() if pools[task]}
     for task in config.mixture:
         if task not in weights:
-            what = {"rank": "training sequences of 2+ items", "rate": "ratings", "explain": "review text"}[task]
+            what = {"rank": "training sequences of 2+ items" + (" whose target the retriever returns"
+                                                                 if config.target_retrieved else ""),
+                    "rate": "ratings", "explain": "review text"}[task]  # fmt: skip
             out.notes.append(f"task {task!r} dropped: the training split has no {what}")
     total = sum(weights.values())
     for task, w in weights.items():
@@ -127,8 +140,8 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
         picked = [pool[j] for j in sorted(rng.choice(len(pool), size=min(want, len(pool)), replace=False))]
         if len(picked) < want:
             out.notes.append(f"task {task!r}: {len(picked)} examples (all there are) of {want} asked")
-        made = {"rank": _rank, "rate": _rate, "explain": _explain}[task](rec, sc, sequences, picked, config, rng,
-                                                                         reviews)  # fmt: skip
+        data = retrieved if task == "rank" else reviews
+        made = {"rank": _rank, "rate": _rate, "explain": _explain}[task](rec, sc, sequences, picked, config, rng, data)
         out.examples.extend(made)
         out.counts[task] = len(made)
     order = rng.permutation(len(out.examples))  # tasks interleaved
@@ -136,7 +149,25 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
     return out
 
 
-def _rank(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
+def _retrieved(sc, sequences, positions, config) -> dict[tuple[str, int], list[str]]:
+    """For each position, the retriever's top ``candidates`` for the history before it (items of
+    the user's training sequence left out, except the target); with ``target_retrieved`` only the
+    positions whose target is among them."""
+    k = min(len(sc.retriever.index), config.candidates + 50)
+    out: dict[tuple[str, int], list[str]] = {}
+    for start in range(0, len(positions), 512):
+        chunk = positions[start : start + 512]
+        histories = [list(sequences[p.user_id].item_ids[: p.t]) for p in chunk]
+        for p, res in zip(chunk, sc.retriever.retrieve(histories=histories, k=k)):
+            seq = sequences[p.user_id].item_ids
+            banned = set(seq) - {seq[p.t]}
+            top = [i for i in res.item_ids if i not in banned][: config.candidates]
+            if seq[p.t] in top or not config.target_retrieved:
+                out[(p.user_id, p.t)] = top
+    return out
+
+
+def _rank(rec, sc, sequences, picked, config, rng, retrieved) -> list[Example]:
     ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
     n_neg = config.candidates - 1
     n_hard = round(n_neg * config.hard_negatives)
@@ -144,14 +175,13 @@ def _rank(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
     # enters a training example, not even as a negative.
     catalog = np.array(sorted({i for h in sequences.values() for i in h.item_ids}))
     known = set(catalog.tolist())
-    histories = [list(sequences[p.user_id].item_ids[: p.t]) for p in picked]
-    retrieved = sc.retriever.retrieve(histories=histories, k=min(len(sc.retriever.index), n_hard + 1 + 50))
     hist_items, cand_items, meta = [], [], []
-    for p, hist, res in zip(picked, histories, retrieved):
+    for p in picked:
         seq = sequences[p.user_id].item_ids
         target = seq[p.t]
         banned = set(seq)  # every item of the user's training sequence: not a negative
-        hard = [i for i in res.item_ids if i not in banned and i in known][:n_hard]
+        pool = [i for i in retrieved[(p.user_id, p.t)] if i != target and i in known]
+        hard = [pool[j] for j in sorted(rng.choice(len(pool), size=min(n_hard, len(pool)), replace=False))]
         taken = banned | set(hard)
         random: list[str] = []
         while len(hard) + len(random) < n_neg and len(taken) < len(catalog):
@@ -161,11 +191,14 @@ def _rank(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
                     taken.add(str(i))
         cands = [target, *hard, *random]
         cands = [cands[j] for j in rng.permutation(len(cands))]  # letter position carries no signal
-        hist_items.append(rec._items(sc, hist))
+        hist_items.append(rec._items(sc, seq[: p.t]))
         cand_items.append([sc.catalog[i] for i in cands])
         meta.append((p.user_id, target, cands.index(target)))
     texts, labels = ranker.prompts(hist_items, cand_items, sc.config.item_noun)
-    return [Example("rank", u, target, text, labs[pos]) for (u, target, pos), text, labs in zip(meta, texts, labels)]
+    return [
+        Example("rank", u, target, text, labs[pos], tuple(labs))
+        for (u, target, pos), text, labs in zip(meta, texts, labels)
+    ]
 
 
 def _rate(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
@@ -194,13 +227,15 @@ def _explain(rec, sc, sequences, picked, config, rng, reviews) -> list[Example]:
     return out
 
 
-def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int):
+def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int, choices: bool = True):
     """A Hugging Face ``datasets.Dataset`` of ``input_ids`` and ``labels`` (prompt tokens masked
-    with -100; text answers end with the EOS token so the model learns to stop). Examples longer
-    than ``max_tokens`` are dropped; the second value says how many."""
-    from datasets import Dataset
+    with -100; text answers end with the EOS token so the model learns to stop). With ``choices``,
+    a rank example also carries the token ids of its candidates' letters (``choices``; empty for
+    other tasks), for the loss over candidates. Examples longer than ``max_tokens`` are dropped;
+    the second value says how many."""
+    from datasets import Dataset, Features, List, Value
 
-    rows: dict[str, list] = {"input_ids": [], "labels": [], "task": [], "user_id": [], "item_id": []}
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "choices": [], "task": [], "user_id": [], "item_id": []}
     dropped = 0
     for ex in examples:
         prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
@@ -210,9 +245,16 @@ def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int):
         if len(prompt) + len(answer) > max_tokens or not answer:
             dropped += 1
             continue
+        letters = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in ex.choices] if choices else []
+        if any(len(t) != 1 for t in letters) or (letters and len(answer) != 1):
+            raise RagrecError(f"rank labels must be single tokens for the loss over candidates: {ex.choices}")
         rows["input_ids"].append(prompt + answer)
         rows["labels"].append([-100] * len(prompt) + answer)
+        rows["choices"].append([t[0] for t in letters])
         rows["task"].append(ex.task)
         rows["user_id"].append(ex.user_id)
         rows["item_id"].append(ex.item_id)
-    return Dataset.from_dict(rows), dropped
+    ints = List(Value("int64"))
+    features = Features({"input_ids": ints, "labels": ints, "choices": ints, "task": Value("string"),
+                         "user_id": Value("string"), "item_id": Value("string")})  # fmt: skip
+    return Dataset.from_dict(rows, features=features), dropped

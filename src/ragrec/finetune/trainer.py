@@ -1,6 +1,8 @@
 """LoRA / QLoRA training of a scenario's adapter with transformers' ``Trainer``.
 
-The loss is the cross-entropy of the answer tokens only (prompt tokens are masked). Batches are
+The loss is the cross-entropy of the answer tokens only (prompt tokens are masked); for a rank
+answer (``rank_loss="choices"``) it is taken over the candidates' letters only, the scores the
+ranker reads at serving time. Batches are
 left-padded, so every answer ends at the last position and only the last few positions' logits
 are computed (``logits_to_keep``): for a one-letter rank answer that skips the 49k-wide output
 layer on ~800 prompt positions, a fifth of the model's compute.
@@ -33,7 +35,7 @@ from ragrec.inference.adapters import AdapterInfo, model_fingerprint, save_adapt
 from ragrec.inference.models import LoadedModel
 from ragrec.inference.recommender import Recommender, RecommenderConfig, Scenario
 
-__all__ = ["FinetuneResult", "finetune", "collate_left"]
+__all__ = ["FinetuneResult", "finetune", "collate_left", "answer_loss"]
 
 METRIC = "ndcg@10"
 
@@ -54,21 +56,47 @@ class FinetuneResult:
 
 
 def collate_left(pad_id: int):
-    """A collator that left-pads ``input_ids`` (``pad_id``) and ``labels`` (-100)."""
+    """A collator that left-pads ``input_ids`` (``pad_id``) and ``labels`` (-100); a rank row's
+    candidate letter ids (``choices``) are right-padded with -1."""
 
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         n = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
         labels = torch.full((len(rows), n), -100, dtype=torch.long)
         mask = torch.zeros((len(rows), n), dtype=torch.long)
+        c = max((len(r.get("choices") or []) for r in rows), default=0)
+        choices = torch.full((len(rows), c), -1, dtype=torch.long)
         for j, r in enumerate(rows):
             m = len(r["input_ids"])
             ids[j, n - m :] = torch.tensor(r["input_ids"])
             labels[j, n - m :] = torch.tensor(r["labels"])
             mask[j, n - m :] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            if r.get("choices"):
+                choices[j, : len(r["choices"])] = torch.tensor(r["choices"])
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return batch | ({"choices": choices} if c else {})
 
     return collate
+
+
+def answer_loss(logits: torch.Tensor, target: torch.Tensor, choices: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens. ``logits`` (B, L, V) predict ``target`` (B, L;
+    -100 = not scored). Rows with ``choices`` (B, C letter token ids, -1 padded) have a one-token
+    answer at the last position, scored over their letters only; other rows over the vocabulary."""
+    ranked = (choices >= 0).any(dim=1) if choices is not None else torch.zeros(len(target), dtype=torch.bool)
+    total, count = logits.sum() * 0.0, 0
+    if ranked.any():
+        mine = choices[ranked]
+        letters = logits[ranked, -1, :].gather(1, mine.clamp(min=0)).masked_fill(mine < 0, float("-inf"))
+        answer_at = (mine == target[ranked, -1:]).float().argmax(dim=1)
+        total = total + torch.nn.functional.cross_entropy(letters, answer_at, reduction="sum")
+        count += int(ranked.sum())
+    rest = target[~ranked]
+    if (rest != -100).any():
+        flat = logits[~ranked].reshape(-1, logits.shape[-1])
+        total = total + torch.nn.functional.cross_entropy(flat, rest.reshape(-1), ignore_index=-100, reduction="sum")
+        count += int((rest != -100).sum())
+    return total / max(count, 1)
 
 
 def _trainer_class():
@@ -90,9 +118,7 @@ def _trainer_class():
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
             logits = out.logits[:, :-1, :].float()  # (B, keep - 1, V): position p predicts token p + 1
             target = labels[:, -(keep - 1) :] if keep > 1 else labels[:, :0]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100
-            )
+            loss = answer_loss(logits, target, inputs.get("choices"))
             return (loss, out) if return_outputs else loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -182,7 +208,8 @@ def finetune(
     base_fingerprint = model_fingerprint(loaded.model)
     rec = Recommender(loaded, [scenario], rec_config)
     examples = examples or build_examples(rec, scenario.name, config)
-    dataset, too_long = to_dataset(examples.examples, loaded.tokenizer, max_tokens=rec.budget.max_tokens)
+    dataset, too_long = to_dataset(examples.examples, loaded.tokenizer, max_tokens=rec.budget.max_tokens,
+                                   choices=config.rank_loss == "choices")  # fmt: skip
     notes = list(examples.notes) + ([f"{too_long} examples longer than the prompt budget dropped"] if too_long else [])
     if len(dataset) == 0:
         raise RagrecError(f"no training examples for scenario {scenario.name!r}: {'; '.join(notes) or 'empty data'}")
