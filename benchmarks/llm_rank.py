@@ -181,7 +181,7 @@ def _write_scores(out: Path, meta: dict, done: dict) -> None:
     atomic_write_text(out, json.dumps(partial))
 
 
-def generate(out: Path, model: str, users: int | None, n: int = 5) -> None:
+def generate(out: Path, model: str, users: int | None, n: int = 5, batch_size: int = 8) -> None:
     from ragrec.eval.protocol import eval_users
     from ragrec.inference import ConstrainedGenerator, TitleTrie, load_model
     from ragrec.prompts import builtin_registry
@@ -208,17 +208,17 @@ def generate(out: Path, model: str, users: int | None, n: int = 5) -> None:
         tmp.write_text(json.dumps(data))
         tmp.replace(out)
 
-    for j, user in enumerate(ids):
-        if user in done:
-            continue
+    todo = [j for j, user in enumerate(ids) if user not in done]
+    for start in range(0, len(todo), batch_size):
+        part = todo[start : start + batch_size]
         t0 = time.perf_counter()
-        hist = [sc.catalog[i] for i in histories[j]]
-        res = gen.generate(hist, trie, n=n, item_noun="movie", exclude=hist)
+        hists = [[sc.catalog[i] for i in histories[j]] for j in part]
+        lists = gen.generate_many(hists, trie, n=n, item_noun="movie", excludes=hists)
         secs += time.perf_counter() - t0
-        rows.append({"user": user, "items": list(res.item_ids), "target": targets[j]})
-        if len(rows) % 50 == 0:
+        rows.extend({"user": ids[j], "items": list(res.item_ids), "target": targets[j]} for j, res in zip(part, lists))
+        if start % (8 * batch_size) == 0:
             write()
-            _log(f"generate: {len(rows)}/{len(ids)} users, {secs / len(rows):.2f} s/user")
+            _log(f"generate: {len(rows)}/{len(ids)} users, {secs / len(rows):.2f} s/user (batches of {batch_size})")
     write()
 
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         score(args.work / "llm_rank_prompts.json", out / "llm_rank_scores.json", args.model, args.batch_size,
               args.quantization, args.shifts, args.valid_users, args.test_users)  # fmt: skip
     if "generate" in args.stages:
-        generate(out / "llm_rank_generate.json", args.model, args.generate_users)
+        generate(out / "llm_rank_generate.json", args.model, args.generate_users, batch_size=args.batch_size)
     if "report" in args.stages:
         report(args.work / "llm_rank_prompts.json", args.work / "llm_rank_scores.json",
                args.work / "llm_rank_generate.json")  # fmt: skip

@@ -15,9 +15,9 @@ from conftest import MOVIES, movie_data
 from ragrec import schema as S
 from ragrec.data import InteractionData
 from ragrec.data.split import leave_one_out
+from ragrec.data.text import clean_review
 from ragrec.errors import CacheError, RagrecError
 from ragrec.finetune import FinetuneConfig, build_examples, finetune, to_dataset
-from ragrec.finetune.examples import clean_review
 from ragrec.inference import Recommender, RecommenderConfig, Scenario, ScenarioConfig, load_model
 from ragrec.inference.adapters import check_adapter, read_adapter_info
 
@@ -183,6 +183,24 @@ def test_finetune_saves_an_adapter_the_recommender_serves(loaded, tiny_lm_dir, t
     b = base.recommend(user, k=3)
     assert served.active_adapter == "movies" and base.active_adapter is None
     assert [i.score for i in a.items] != [i.score for i in b.items]
+
+
+@pytest.mark.parametrize(("task", "metric", "higher"), [("explain", "rouge_l", True), ("rate", "rating_mae", False)])
+def test_validation_follows_the_tasks_trained(tiny_lm_dir, tmp_path, task, metric, higher):
+    from ragrec.finetune.trainer import validation_metric
+
+    config = _config(mixture={task: 1}, max_steps=2, eval_steps=1)
+    assert validation_metric(config) == (metric, higher) and validation_metric(_config()) == ("ndcg@10", True)
+    res = finetune(load_model(str(tiny_lm_dir)), _scenario(_data_with_secrets(review=True)), config, tmp_path / task,
+                   rec_config=REC, progress=False)  # fmt: skip
+    m = res.info.metrics
+    assert set(res.examples) == {task} and len(m["valid_curve"]) == 2 and m["valid_users"] == 6
+    best = min if not higher else max
+    assert m[f"valid_{metric}_best"] == best(v for _, v in m["valid_curve"])
+    if metric == "rating_mae":
+        assert all(0 <= v <= 4 for _, v in m["valid_curve"])  # ratings 1-5
+    else:
+        assert all(0 <= v <= 100 for _, v in m["valid_curve"])
 
 
 def test_resume_gives_the_same_adapter(loaded, tiny_lm_dir, tmp_path):

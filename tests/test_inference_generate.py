@@ -49,3 +49,15 @@ def test_rejects_bad_requests(generator):
         generator.generate([], CATALOG, n=0)
     with pytest.raises(RagrecError, match="does not answer with text"):
         ConstrainedGenerator(generator.loaded, builtin_registry().get("default", "rank"))
+
+
+def test_batched_generation_gives_each_user_their_own_list(generator):
+    histories = [[Item("9", "clueless")], [Item("2", "heat"), Item("3", "alien"), Item("4", "fargo")], []]
+    excludes = [[], histories[1], []]
+    batched = generator.generate_many(histories, CATALOG, n=3, item_noun="movie", excludes=excludes)
+    single = [generator.generate(h, CATALOG, n=3, item_noun="movie", exclude=e) for h, e in zip(histories, excludes)]
+    assert [b.item_ids for b in batched] == [s.item_ids for s in single]  # left padding changes nothing
+    assert not {"2", "3", "4"} & set(batched[1].item_ids)  # that user's history is excluded, only theirs
+    assert generator.generate_many([], CATALOG) == []
+    with pytest.raises(RagrecError, match="2 exclusion lists for 3"):
+        generator.generate_many(histories, CATALOG, excludes=excludes[:2])

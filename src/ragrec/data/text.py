@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ragrec.types import Item
 
-__all__ = ["clean_text", "truncate", "render_item_text", "ITEM_TEXT_FIELDS"]
+__all__ = ["clean_text", "clean_review", "truncate", "render_item_text", "ITEM_TEXT_FIELDS"]
 
 ITEM_TEXT_FIELDS = ("title", "year", "categories", "brand", "description")
 _SPACE = re.compile(r"\s+")
@@ -22,6 +22,19 @@ def clean_text(text: str | None) -> str:
     text = html.unescape(text)
     text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
     return _SPACE.sub(" ", text).strip()
+
+
+def clean_review(text: str | None, max_chars: int) -> str:
+    """Whitespace collapsed, HTML breaks removed, cut at the last sentence end within ``max_chars``."""
+    if not text:
+        return ""
+    text = re.sub(r"<br\s*/?>", " ", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", cut)]
+    return cut[: ends[-1]] if ends else cut.rsplit(" ", 1)[0] + "..."
 
 
 def truncate(text: str, max_chars: int) -> str:

@@ -57,9 +57,12 @@ def write_report(
     comparisons: Sequence[tuple[str, BootstrapResult]] = (),
     notes: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
+    keys: Sequence[str] = TABLE_KEYS,
+    figures: dict[str, bytes] | None = None,
 ) -> dict[str, Path]:
-    """Write ``<path>.json`` (rows + comparisons + extra), ``<path>.md`` and, with ``results``,
-    ``<path>_recall.png`` (Recall@K curves). Returns the written paths."""
+    """Write ``<path>.json`` (rows + comparisons + extra), ``<path>.md`` (a table of ``keys``)
+    and, with ``results``, ``<path>_recall.png`` (Recall@K curves); each of ``figures``
+    (name -> PNG bytes) goes to ``<path>_<name>.png``. Returns the written paths."""
     stem = Path(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -71,7 +74,7 @@ def write_report(
     }
     atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float) + "\n")
     written["json"] = stem.with_suffix(".json")
-    md = [f"# {title}", "", markdown_table(rows), ""]
+    md = [f"# {title}", "", markdown_table(rows, keys), ""]
     if comparisons:
         md += ["## Paired bootstrap (95% CI of the difference, 1,000 resamples over users)", ""]
         md += ["| comparison | metric | difference | 95% CI | significant |", "|---|---|---|---|---|"]
@@ -85,6 +88,11 @@ def write_report(
         atomic_write_bytes(png, _plot(results))
         written["png"] = png
         md += [f"![Recall@K]({png.name})", ""]
+    for name, data in (figures or {}).items():
+        png = stem.parent / f"{stem.name}_{name}.png"
+        atomic_write_bytes(png, data)
+        written[name] = png
+        md += [f"![{name}]({png.name})", ""]
     md += [f"- {n}" for n in notes]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(md).rstrip() + "\n")
     written["md"] = stem.with_suffix(".md")
@@ -92,8 +100,6 @@ def write_report(
 
 
 def _plot(results: Sequence[EvalResult], max_k: int = 50) -> bytes:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,6 +115,15 @@ def _plot(results: Sequence[EvalResult], max_k: int = 50) -> bytes:
         ax.set_ylabel("Recall@K")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -26,13 +26,13 @@ training example (they are not even loaded).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ragrec import schema as S
+from ragrec.data.text import clean_review
 from ragrec.errors import RagrecError
 from ragrec.finetune.config import FinetuneConfig
 from ragrec.inference.explain import Explainer
@@ -41,7 +41,7 @@ from ragrec.inference.rate import RatingPredictor
 from ragrec.inference.recommender import Recommender, Scenario
 from ragrec.prompts import chat_text
 
-__all__ = ["Example", "ExampleSet", "build_examples", "to_dataset", "clean_review"]
+__all__ = ["Example", "ExampleSet", "build_examples", "to_dataset"]
 
 TEXT_TASKS = ("explain",)
 
@@ -66,19 +66,6 @@ class ExampleSet:
     examples: list[Example]
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def clean_review(text: str | None, max_chars: int) -> str:
-    """Whitespace collapsed, HTML breaks removed, cut at the last sentence end within ``max_chars``."""
-    if not text:
-        return ""
-    text = re.sub(r"<br\s*/?>", " ", text)
-    text = re.sub(r"\s+", " ", text).strip()
-    if len(text) <= max_chars:
-        return text
-    cut = text[:max_chars]
-    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", cut)]
-    return cut[: ends[-1]] if ends else cut.rsplit(" ", 1)[0] + "..."
 
 
 @dataclass

@@ -7,9 +7,10 @@ left-padded, so every answer ends at the last position and only the last few pos
 are computed (``logits_to_keep``): for a one-letter rank answer that skips the 49k-wide output
 layer on ~800 prompt positions, a fifth of the model's compute.
 
-Validation is the LLM stage itself: NDCG@10 of the adapter ranking the retriever's candidates for
-``eval_users`` validation users (train-only histories, PROTOCOL.md), through the same
-``Recommender.score_candidates`` path as serving. Checkpoints are saved at each validation;
+Validation is the LLM stage itself on ``eval_users`` validation users (train-only histories,
+PROTOCOL.md), through the same ``Recommender`` paths as serving: NDCG@10 of the adapter ranking
+the retriever's candidates when the mixture ranks; otherwise ROUGE-L of its explanations against
+the users' held-out reviews, or the MAE of its predicted ratings (``validation_metric``). Checkpoints are saved at each validation;
 ``EarlyStoppingCallback`` stops after ``patience`` validations without improvement, and the best
 checkpoint is loaded at the end. ``resume=True`` continues from the last checkpoint (optimizer,
 scheduler, RNG and data position restored). Multi-GPU: run the same script under
@@ -36,8 +37,6 @@ from ragrec.inference.models import LoadedModel
 from ragrec.inference.recommender import Recommender, RecommenderConfig, Scenario
 
 __all__ = ["FinetuneResult", "finetune", "collate_left", "answer_loss"]
-
-METRIC = "ndcg@10"
 
 
 @dataclass
@@ -160,14 +159,60 @@ def _time_limit(minutes: float | None):
     return TimeLimit()
 
 
-def _validator(rec: Recommender, scenario: str, users: list[str]):
+def validation_metric(config: FinetuneConfig) -> tuple[str, bool]:
+    """What early stopping watches, and whether higher is better: the LLM stage's NDCG@10 when the
+    mixture ranks, else explanation ROUGE-L against held-out reviews, else rating MAE."""
+    if "rank" in config.mixture:
+        return "ndcg@10", True
+    if "explain" in config.mixture:
+        return "rouge_l", True
+    return "rating_mae", False
+
+
+def _validation_users(data, metric: str, config: FinetuneConfig) -> list[str]:
+    from ragrec.eval.explain import review_targets
+    from ragrec.eval.llm import sample_users
+
+    if metric == "rouge_l":
+        users = review_targets(data, S.VALID, max_chars=config.max_review_chars, min_chars=config.min_review_chars)[0]
+    elif metric == "rating_mae":
+        users = [u for u, r in _valid_ratings(data).items() if r is not None]
+    else:
+        users = list(data.targets(S.VALID))
+    return sample_users(sorted(users), config.eval_users, seed=config.seed)
+
+
+def _valid_ratings(data) -> dict[str, float | None]:
+    frame = data.interactions_frame()
+    if S.RATING not in frame:
+        return {}
+    held = frame[frame[S.SPLIT] == S.VALID]
+    return {str(u): None if r is None or r != r else float(r) for u, r in zip(held[S.USER_ID], held[S.RATING])}
+
+
+def _validator(rec: Recommender, scenario: str, users: list[str], metric: str):
+    from ragrec.eval.explain import evaluate_explanations
     from ragrec.eval.llm import score_llm
     from ragrec.ranking import metric_table
 
+    sc = rec.scenario(scenario)
+
     def validate() -> dict[str, float]:
-        scores = score_llm(rec, scenario, split=S.VALID, users=users, progress=False)
-        table = metric_table(scores.ranks(0.0), (10,))
-        return {METRIC: float(table["ndcg@10"]), "recall@10": float(table["recall@10"])}
+        if metric == "ndcg@10":
+            table = metric_table(score_llm(rec, scenario, split=S.VALID, users=users, progress=False).ranks(0.0), (10,))
+            return {metric: float(table["ndcg@10"]), "recall@10": float(table["recall@10"])}
+        if metric == "rouge_l":
+            m = evaluate_explanations(rec, scenario, split=S.VALID, users=users, progress=False).metrics()
+            return {k: m[k] for k in ("rouge_l", "bleu4", "grounded_rate")}
+        train = sc.data.histories(splits=(S.TRAIN,))
+        targets, ratings = sc.data.targets(S.VALID), _valid_ratings(sc.data)
+        errors = []
+        for u in users:
+            h = train[u]
+            pred = rec.predict_rating([targets[u]], history=list(h.item_ids), ratings=list(h.ratings or []) or None,
+                                      scenario=scenario)[0]  # fmt: skip
+            errors.append(abs(pred.expected - ratings[u]))
+        return {metric: float(sum(errors) / len(errors))}
 
     return validate
 
@@ -195,8 +240,6 @@ def finetune(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-    from ragrec.eval.llm import sample_users
-
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
     if scenario.adapter is not None:
@@ -213,9 +256,10 @@ def finetune(
     notes = list(examples.notes) + ([f"{too_long} examples longer than the prompt budget dropped"] if too_long else [])
     if len(dataset) == 0:
         raise RagrecError(f"no training examples for scenario {scenario.name!r}: {'; '.join(notes) or 'empty data'}")
-    valid_users = sample_users(sorted(scenario.data.targets(S.VALID)), config.eval_users, seed=config.seed)
+    metric, higher = validation_metric(config)
+    valid_users = _validation_users(scenario.data, metric, config)
     if not valid_users:
-        raise RagrecError(f"scenario {scenario.name!r} has no validation users for early stopping")
+        raise RagrecError(f"scenario {scenario.name!r} has no validation users for early stopping on {metric}")
 
     model = loaded.model
     if loaded.quantization == "4bit":  # QLoRA: frozen NF4 base, LoRA in the compute dtype
@@ -259,8 +303,8 @@ def finetune(
         save_steps=config.eval_steps,
         save_total_limit=config.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model=METRIC,
-        greater_is_better=True,
+        metric_for_best_model=metric,
+        greater_is_better=higher,
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         seed=config.seed,
@@ -279,7 +323,7 @@ def finetune(
         eval_dataset=Dataset.from_dict({"user_id": valid_users}),  # validation is by users, see _validator
         data_collator=collate_left(loaded.tokenizer.pad_token_id),
         callbacks=[EarlyStoppingCallback(config.patience), limit, *(callbacks or [])],
-        validate=_validator(rec, scenario.name, valid_users),
+        validate=_validator(rec, scenario.name, valid_users, metric),
     )
     start = time.perf_counter()
     checkpoint = resume and any(work.glob("checkpoint-*"))
@@ -290,12 +334,12 @@ def finetune(
     if limit.hit:
         stop = f"time limit of {config.max_minutes:g} min"
     elif state.global_step < state.max_steps:
-        stop = f"early stopping (no {METRIC} gain in {config.patience} validations)"
+        stop = f"early stopping (no {metric} gain in {config.patience} validations)"
     else:
         stop = "completed"
     if state.best_model_checkpoint:  # load_best_model_at_end: the adapter saved is the best validated one
         stop += f"; best validation at {Path(state.best_model_checkpoint).name}, kept"
-    evals = [e for e in state.log_history if f"eval_{METRIC}" in e]
+    evals = [e for e in state.log_history if f"eval_{metric}" in e]
     info = AdapterInfo(
         base_model=loaded.source,
         base_fingerprint=base_fingerprint,
@@ -306,10 +350,10 @@ def finetune(
         },  # fmt: skip
         split="train (examples); valid (early stopping)",
         metrics={
-            f"valid_{METRIC}_best": state.best_metric,
+            f"valid_{metric}_best": state.best_metric,
             "valid_users": len(valid_users),
             "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
-            "valid_curve": [(e["step"], e[f"eval_{METRIC}"]) for e in evals],
+            "valid_curve": [(e["step"], e[f"eval_{metric}"]) for e in evals],
         },
         train={
             "config": config.model_dump(),

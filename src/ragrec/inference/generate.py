@@ -120,7 +120,6 @@ class ConstrainedGenerator:
             allowed += [self.sep, self.eos]
         return allowed or [self.eos]
 
-    @torch.no_grad()
     def generate(
         self,
         history: Sequence[Item],
@@ -135,29 +134,55 @@ class ConstrainedGenerator:
         ``allowed`` is a list of items, or a :class:`TitleTrie` built once over them (a catalog
         trie is worth keeping: building it tokenizes every title). Titles of ``exclude`` (e.g. the
         user's history) are never written, as if already written."""
+        return self.generate_many([history], allowed, n=n, item_noun=item_noun, excludes=[exclude])[0]
+
+    @torch.no_grad()
+    def generate_many(
+        self,
+        histories: Sequence[Sequence[Item]],
+        allowed: Sequence[Item] | TitleTrie,
+        *,
+        n: int = 5,
+        item_noun: str = "item",
+        excludes: Sequence[Sequence[Item]] | None = None,
+    ) -> list[GeneratedList]:
+        """:meth:`generate` for several users in one batched, left-padded decode (each row keeps
+        its own constraint and exclusions); the same lists as one call per user, faster."""
         if n < 1:
             raise RagrecError(f"n must be >= 1, got {n}")
+        excludes = list(excludes) if excludes is not None else [()] * len(histories)
+        if len(excludes) != len(histories):
+            raise RagrecError(f"{len(excludes)} exclusion lists for {len(histories)} histories")
+        if not histories:
+            return []
         tok, model = self.loaded.tokenizer, self.loaded.model
         trie = allowed if isinstance(allowed, TitleTrie) else TitleTrie(tok, allowed, self.budget.max_item_chars)
-        messages = self.template.render(
-            {"item_noun": item_noun, "history": history_block(history, self.budget), "n": str(n)}
+        enc = self.loaded.encode_chats(
+            [
+                self.template.render({"item_noun": item_noun, "history": history_block(h, self.budget), "n": str(n)})
+                for h in histories
+            ]
         )
-        enc = self.loaded.encode_chat(messages)
-        prompt_len = enc["input_ids"].shape[1]
-
-        excluded = frozenset(
-            tuple(tok.encode(sanitize(i.title, self.budget.max_item_chars), add_special_tokens=False))
-            for i in exclude
-            if i.title
-        )
+        prompt_len = enc["input_ids"].shape[1]  # left-padded: every row's answer starts here
+        excluded = [
+            frozenset(
+                tuple(tok.encode(sanitize(i.title, self.budget.max_item_chars), add_special_tokens=False))
+                for i in ex
+                if i.title
+            )
+            for ex in excludes
+        ]
 
         def allowed_fn(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-            return self._allowed(trie, input_ids[prompt_len:].tolist(), n, excluded)
+            return self._allowed(trie, input_ids[prompt_len:].tolist(), n, excluded[batch_id])
 
         max_new = min(self.template.output.max_new_tokens * max(1, n), 64 * n)
         out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, prefix_allowed_tokens_fn=allowed_fn,
                              pad_token_id=tok.pad_token_id, eos_token_id=self.eos)  # fmt: skip
-        generated = out[0, prompt_len:].tolist()
+        return [self._items(trie, out[j, prompt_len:].tolist(), n) for j in range(len(histories))]
+
+    def _items(self, trie: TitleTrie, generated: list[int], n: int) -> GeneratedList:
+        tok = self.loaded.tokenizer
         items: list[str] = []
         current: list[int] = []
         for t in [*generated, self.sep]:

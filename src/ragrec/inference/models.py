@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -130,12 +131,15 @@ class LoadedModel:
 
     def encode_chat(self, messages: list[dict[str, str]]):
         """Chat ``messages`` -> model inputs (chat template, answer position last) on the model's device."""
+        return self.encode_chats([messages])
+
+    def encode_chats(self, batch: Sequence[list[dict[str, str]]]):
+        """Several chats -> one left-padded batch: every row's answer starts at the same column."""
         from ragrec.prompts import chat_text
 
-        text = chat_text(self.tokenizer, messages)
-        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(
-            next(self.model.parameters()).device
-        )
+        texts = [chat_text(self.tokenizer, messages) for messages in batch]
+        enc = self.tokenizer(texts, return_tensors="pt", add_special_tokens=False, padding=True, padding_side="left")
+        return enc.to(next(self.model.parameters()).device)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
