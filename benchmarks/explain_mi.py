@@ -140,7 +140,7 @@ def _plot(evals, per_user) -> bytes:
     return png_bytes(fig)
 
 
-def report(ft_dir: Path) -> None:
+def report(ft_dir: Path, results: Path = RESULTS) -> None:
     from ragrec.eval.explain import ExplanationEval
     from ragrec.eval.report import write_report
 
@@ -180,7 +180,7 @@ def report(ft_dir: Path) -> None:
                     f"- held-out review: {zero.references[j]}", f"- zero-shot: {zero.texts[j]}",
                     f"- fine-tuned: {tuned.texts[j]}", ""]  # fmt: skip
     per_user = [ev.rouge_per_user() for ev in evals]
-    written = write_report(RESULTS / "explain_mi", rows, title="Explanations, Amazon Musical Instruments (test)",
+    written = write_report(results / "explain_mi", rows, title="Explanations, Amazon Musical Instruments (test)",
                            comparisons=[(f"{tuned.system} - {zero.system}", diff)], notes=notes + samples,
                            keys=("users", "bleu4", "rouge_l", "grounded_rate", "seconds_per_explanation"),
                            figures={"scores": _plot(evals, per_user)},
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
     p.add_argument("--users", type=int, default=200, help="test users explained (sampled with seed 0)")
     p.add_argument("--work", type=Path, default=WORK)
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the report goes (smoke runs: elsewhere)")
     args = p.parse_args(argv)
     from ragrec.config import parse_overrides
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     if "score" in args.stages:
         score(ft_dir, args.data, args.model, args.users)
     if "report" in args.stages:
-        report(ft_dir)
+        report(ft_dir, args.results)
 
 
 if __name__ == "__main__":
