@@ -85,6 +85,22 @@ def register(ft_dir: Path, model: str) -> Path:
     return target
 
 
+def learned_rows(scores: dict, sc) -> tuple[dict, dict]:
+    """Learned fusions fitted on the validation users, scored on the test users: item priors with
+    the retriever (no LLM), then with the fine-tuned LLM too."""
+    from ragrec.eval.llm import fit_learned_fusion, split_priors
+    from ragrec.inference.fusion import FEATURES
+
+    priors = {s: split_priors(sc, s) for s in ("valid", "test")}
+    systems, fitted = {}, {}
+    for label, key, names in (("(e) retriever + item priors, learned fusion (no LLM)", "priors", [n for n in FEATURES if n != "llm"]),
+                              ("(f) fine-tuned LLM + retriever + item priors, learned fusion", "llm", list(FEATURES))):  # fmt: skip
+        fusion = fit_learned_fusion(scores["valid"], priors["valid"], names)
+        systems[label] = [fusion.score(x) for x in scores["test"].fusion_rows(priors["test"], names)]
+        fitted[key] = fusion.model_dump()
+    return systems, fitted
+
+
 def report(work: Path, ft_dir: Path) -> None:
     from ragrec.eval.llm import choose_fusion_weight, llm_results
     from ragrec.eval.report import compare, write_report
@@ -104,19 +120,23 @@ def report(work: Path, ft_dir: Path) -> None:
         zero[f"{split}_rows"] = [zero[f"{split}_rows"][j] for j in idx]
     zero["shifts"] = 1
     sets = {"zero": zero, "tuned": tuned}
-    scores = {
-        name: {s: llm_rank._llm_scores(prompts, sc, s, 1) for s in ("valid", "test")} for name, sc in sets.items()
-    }
+    scenario = llm_rank._scenario()
+    scores = {name: {s: llm_rank._llm_scores(prompts, sc, s, 1, scenario) for s in ("valid", "test")}
+              for name, sc in sets.items()}  # fmt: skip
     w_zero, tried_zero = choose_fusion_weight(scores["zero"]["valid"])
     w_tuned, tried_tuned = choose_fusion_weight(scores["tuned"]["valid"])
     results = llm_results(scores["zero"]["test"], {"(a) retriever (recency EASE, 20 candidates)": None,
                                                    "(b) zero-shot SmolLM2-135M": 0.0})  # fmt: skip
     results += llm_results(scores["tuned"]["test"], {"(c) fine-tuned SmolLM2-135M (LoRA)": 0.0,
                            f"(d) fine-tuned, fused with retriever (w={w_tuned:g}, chosen on valid)": w_tuned})  # fmt: skip
-    a, b, c, d = results
+    learned, fitted = learned_rows(scores["tuned"], scenario)
+    results += llm_results(scores["tuned"]["test"], learned)
+    a, b, c, d, e, f = results
     comparisons = [(f"{c.system} - {b.system}", compare(c, b)), (f"{d.system} - {a.system}", compare(d, a)),
-                   (f"{d.system} - {b.system}", compare(d, b))]  # fmt: skip
-    rows = [{**r.row(), "train_seconds": round(trained["train_seconds"], 1) if r in (c, d) else None} for r in results]
+                   (f"{d.system} - {b.system}", compare(d, b)), (f"{e.system} - {a.system}", compare(e, a)),
+                   (f"{f.system} - {e.system}", compare(f, e))]  # fmt: skip
+    rows = [{**r.row(), "train_seconds": round(trained["train_seconds"], 1) if r in (c, d, f) else None}
+            for r in results]  # fmt: skip
     ratio = d.metrics()["ndcg@10"] / a.metrics()["ndcg@10"] if a.metrics()["ndcg@10"] else float("nan")
     cfg = trained["config"]
     notes = [
@@ -135,11 +155,17 @@ def report(work: Path, ft_dir: Path) -> None:
         f"{cfg['eval_steps']} steps: {trained['valid_curve']}.",
         f"Users: {len(tuned['test_rows'])} of {len(prompts['test']['users'])} test users, "
         f"{len(tuned['valid_rows'])} validation users for the fusion weights (zero-shot fused would pick w={w_zero:g}).",
+        "(e), (f): a conditional logit over each user's 20 candidates (ragrec.inference.fusion) fitted on the same "
+        "validation users, features: the retriever's score, log popularity (train split for validation, train + valid "
+        "for test), category match with the last 20 history items, year offset and gap; (f) adds the fine-tuned LLM's "
+        f"score. Weights (e) {fitted['priors']['weights']}; (f) {fitted['llm']['weights']}. (f) - (e) is what the "
+        f"LLM adds beyond cheap item priors; (e)/(a) = {e.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}, "
+        f"(f)/(a) = {f.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}.",
     ]
     extra = {"train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason", "examples", "device",
                                                "valid_curve", "config")},
              "valid_ndcg@10_by_weight": {"zero-shot": tried_zero, "fine-tuned": tried_tuned},
-             "ndcg@10_ratio_d_over_a": ratio}  # fmt: skip
+             "ndcg@10_ratio_d_over_a": ratio, "learned_fusion": fitted}  # fmt: skip
     written = write_report(RESULTS / "finetune", rows, title="Fine-tuned LLM stage, ML-100K (test)", results=results,
                            comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
     print("\n".join(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}" for r in rows))
@@ -151,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", nargs="*", default=["train", "register", "score", "report"])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
-    p.add_argument("--valid-users", type=int, default=300)
+    p.add_argument("--valid-users", type=int, default=300, help="0: all (with --valid-retrieved: all retrieved)")
+    p.add_argument("--valid-retrieved", action="store_true",
+                   help="score only validation users whose target was retrieved (lossless for the fusions)")  # fmt: skip
     p.add_argument("--test-users", type=int, default=None, help="test users scored (default: all)")
     p.add_argument("--work", type=Path, default=WORK)
     args = p.parse_args(argv)
@@ -165,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         register(ft_dir, args.model)
     if "score" in args.stages:
         llm_rank.score(args.work / "llm_rank_prompts.json", args.work / "finetune_scores.json", args.model, 8, "none",
-                       1, args.valid_users, args.test_users, adapter=ft_dir / "adapter")  # fmt: skip
+                       1, args.valid_users or None, args.test_users, adapter=ft_dir / "adapter",
+                       valid_retrieved=args.valid_retrieved)  # fmt: skip
     if "report" in args.stages:
         report(args.work, ft_dir)
 

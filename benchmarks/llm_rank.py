@@ -98,7 +98,11 @@ def score(
     valid_users: int | None,
     test_users: int | None = None,
     adapter: Path | None = None,
+    valid_retrieved: bool = False,
 ) -> None:
+    """LLM scores of the prepared prompts. ``valid_retrieved``: score only the validation users whose
+    target the retriever found (the rest are misses under every fusion, so choosing a fusion
+    weight or fitting a learned fusion loses nothing, at a third of the cost)."""
     import torch
 
     from ragrec.inference.models import load_model
@@ -133,7 +137,9 @@ def score(
     done = _scored(out, scores)
     for split in ("valid", "test"):
         users = work[split]["users"]
-        keep = sample_users(users, valid_users if split == "valid" else test_users, seed=0)
+        if split == "valid" and valid_retrieved:
+            users = [u if t in c else None for u, t, c in zip(users, work[split]["targets"], work[split]["candidates"])]
+        keep = sample_users([u for u in users if u is not None], valid_users if split == "valid" else test_users, 0)
         rows = [j for j, u in enumerate(users) if u in set(keep)]
         per_shift = []
         for shift in range(shifts):
@@ -222,9 +228,11 @@ def generate(out: Path, model: str, users: int | None, n: int = 5, batch_size: i
     write()
 
 
-def _llm_scores(work: dict, scores: dict, split: str, shifts: int):
-    """Scores in original candidate order, averaged over the first ``shifts`` cyclic shifts."""
+def _llm_scores(work: dict, scores: dict, split: str, shifts: int, sc=None):
+    """Scores in original candidate order, averaged over the first ``shifts`` cyclic shifts (with
+    the users' histories when the scenario ``sc`` is given: a learned fusion needs them)."""
     from ragrec.eval.llm import LLMScores
+    from ragrec.eval.protocol import eval_users
 
     rows = scores[f"{split}_rows"]
     w = {k: [v[j] for j in rows] for k, v in work[split].items() if k not in ("prompts", "labels")}
@@ -232,8 +240,13 @@ def _llm_scores(work: dict, scores: dict, split: str, shifts: int):
     for u in range(len(w["candidates"])):  # shifted[pos] is original (pos + shift) % n: np.roll undoes it
         llm.append(sum(np.roll(np.array(scores[split][shift][u]), shift) for shift in range(shifts)) / shifts)
     pos = np.array([c.index(t) if t in c else -1 for c, t in zip(w["candidates"], w["targets"])])
-    return LLMScores("ml-100k", split, w["users"], w["candidates"], [np.array(r) for r in w["retriever_scores"]],
-                     llm, pos)  # fmt: skip
+    out = LLMScores("ml-100k", split, w["users"], w["candidates"], [np.array(r) for r in w["retriever_scores"]],
+                    llm, pos)  # fmt: skip
+    if sc is not None:
+        users, histories, _ = eval_users(sc.data, split)
+        by_user = dict(zip(users, histories))
+        out.histories = [list(by_user[u]) for u in out.users]
+    return out
 
 
 def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
@@ -289,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--generate-users", type=int, default=None, help="first N test users (default: all)")
     p.add_argument("--shifts", type=int, default=1, help="cyclic shifts scored (permutation averaging), <= 3")
     p.add_argument("--valid-users", type=int, default=300, help="validation users scored for the fusion weight")
+    p.add_argument("--valid-retrieved", action="store_true",
+                   help="score only validation users whose target was retrieved (--valid-users 0: all of them)")  # fmt: skip
     p.add_argument("--test-users", type=int, default=None, help="test users scored (default: all)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="where score/generate write (default: --work)")
@@ -299,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         prepare(args.work / "llm_rank_prompts.json")
     if "score" in args.stages:
         score(args.work / "llm_rank_prompts.json", out / "llm_rank_scores.json", args.model, args.batch_size,
-              args.quantization, args.shifts, args.valid_users, args.test_users)  # fmt: skip
+              args.quantization, args.shifts, args.valid_users or None, args.test_users,
+              valid_retrieved=args.valid_retrieved)  # fmt: skip
     if "generate" in args.stages:
         generate(out / "llm_rank_generate.json", args.model, args.generate_users, batch_size=args.batch_size)
     if "report" in args.stages:

@@ -51,6 +51,8 @@ def test_eval_llm_writes_a_report(rec_dir, tmp_path):
     assert systems[:2] == ["retriever", "retriever + LLM (zero-shot)"]
     assert systems[2].startswith("retriever + LLM (zero-shot), fused")
     assert all(r["users"] == 10 for r in report["rows"])
+    # 5 validation users cannot fit the learned fusions: said in the report, not hidden.
+    assert "not fitted: " in json.dumps(report) and "not fitted" in err
     assert (tmp_path / "llm.md").is_file() and (tmp_path / "llm_recall.png").is_file()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -185,6 +185,9 @@ def eval_llm_cmd(
     adapter: Annotated[
         bool, typer.Option(help="Use the scenario's adapter (--no-adapter: the base model, zero-shot).")
     ] = True,
+    learned_fusion: Annotated[
+        bool, typer.Option(help="Also fit a learned fusion (LLM, retriever, item priors) on the validation users.")
+    ] = True,
     quantization: Quant = None,
     device: Device = None,
 ) -> None:
@@ -192,8 +195,17 @@ def eval_llm_cmd(
     import dataclasses
 
     from ragrec import schema as S
-    from ragrec.eval.llm import choose_fusion_weight, llm_results, sample_users, score_llm
+    from ragrec.errors import RagrecError
+    from ragrec.eval.llm import (
+        choose_fusion_weight,
+        fit_learned_fusion,
+        llm_results,
+        sample_users,
+        score_llm,
+        split_priors,
+    )
     from ragrec.eval.report import compare, write_report
+    from ragrec.inference.fusion import FEATURES
 
     rec = _load(rec_dir, quantization, device)
     rec.config.permutations = permutations
@@ -201,7 +213,7 @@ def eval_llm_cmd(
     if not adapter and sc.adapter is not None:  # the adapter layers are switched off for this scenario
         sc = rec.scenarios[sc.name] = dataclasses.replace(sc, adapter=None)
     llm = "LLM" + (" (fine-tuned)" if sc.adapter is not None else " (zero-shot)")
-    systems: dict[str, float | None] = {"retriever": None, f"retriever + {llm}": 0.0}
+    systems: dict[str, Any] = {"retriever": None, f"retriever + {llm}": 0.0}
     extra = {}
     if tune_users:
         valid = score_llm(
@@ -211,6 +223,19 @@ def eval_llm_cmd(
         systems[f"retriever + {llm}, fused (w={weight:g} on valid)"] = weight
         extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
     test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
+    if tune_users and learned_fusion:
+        test_priors = split_priors(sc, S.TEST, rec.config.max_history)
+        for label, names in (("item priors, no LLM", [n for n in FEATURES if n != "llm"]), (llm, list(FEATURES))):
+            try:
+                fusion = fit_learned_fusion(valid, split_priors(sc, S.VALID, rec.config.max_history), names)
+            except RagrecError as e:  # too few validation targets retrieved: reported, not hidden
+                extra[f"learned_fusion ({label})"] = f"not fitted: {e}"
+                console.print(f"[yellow]learned fusion ({label}) not fitted: {e}[/yellow]")
+                continue
+            systems[f"learned fusion: retriever + {label}"] = [
+                fusion.score(x) for x in test.fusion_rows(test_priors, names)
+            ]
+            extra[f"learned_fusion ({label})"] = fusion.model_dump()
     results = llm_results(test, systems)
     comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
     written = write_report(out, [r.row() for r in results], title=f"LLM stage on {sc.data.name} (test)",

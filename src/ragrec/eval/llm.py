@@ -10,17 +10,27 @@ against it. One LLM pass serves every fusion weight: ``score = z(llm) + w * z(re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ragrec import schema as S
+from ragrec.errors import RagrecError
 from ragrec.eval.protocol import EvalResult, eval_users
+from ragrec.inference.fusion import FusionModel, ItemPriors, fit_fusion
 from ragrec.inference.recommender import Recommender, fuse_scores
 from ragrec.ranking import metric_table
 
-__all__ = ["LLMScores", "score_llm", "llm_results", "choose_fusion_weight", "sample_users"]
+__all__ = [
+    "LLMScores",
+    "score_llm",
+    "llm_results",
+    "choose_fusion_weight",
+    "sample_users",
+    "split_priors",
+    "fit_learned_fusion",
+]
 
 
 @dataclass
@@ -34,19 +44,31 @@ class LLMScores:
     retriever: list[np.ndarray]
     llm: list[np.ndarray]
     target_pos: np.ndarray  # (U,) index of the target among the candidates, -1 when not retrieved
+    histories: list[list[str]] = field(default_factory=list)  # the histories the candidates came from
 
-    def ranks(self, weight: float | None) -> np.ndarray:
-        """Pessimistic 1-based ranks: ``weight=None`` the retriever's order, else the fused LLM score."""
+    def ranks(self, weight: float | None | Sequence[np.ndarray]) -> np.ndarray:
+        """Pessimistic 1-based ranks: ``weight=None`` the retriever's order, a number the LLM score
+        fused with that weight, or per-user candidate scores (e.g. a learned fusion's)."""
         out = np.full(len(self.users), np.inf)
         for u, pos in enumerate(self.target_pos):
             if pos < 0:
                 continue
             if weight is None:
                 out[u] = pos + 1  # the retriever's own order (its ties broken as it returned them)
-            else:
+                continue
+            if isinstance(weight, (int, float)):
                 s = fuse_scores(self.llm[u], self.retriever[u], weight)
-                out[u] = int((s >= s[pos]).sum())  # ties count against the target
+            else:
+                s = np.asarray(weight[u])
+            out[u] = int((s >= s[pos]).sum())  # ties count against the target
         return out
+
+    def fusion_rows(self, priors: ItemPriors, names: Sequence[str]) -> list[np.ndarray]:
+        """(C, F) learned-fusion features per user (needs ``histories``)."""
+        if len(self.histories) != len(self.users):
+            raise RagrecError("these scores carry no histories: the fusion's priors need them")
+        return [priors.features(h, c, r, s, names) for h, c, r, s in
+                zip(self.histories, self.candidates, self.retriever, self.llm)]  # fmt: skip
 
 
 def sample_users(users: Sequence[str], n: int | None, seed: int = 0) -> list[str]:
@@ -88,6 +110,7 @@ def score_llm(
             out.candidates.append(cands[i])
             out.retriever.append(np.array([c.score for c in res.candidates]))
             out.llm.append(llm.get(i, np.zeros(0)))
+            out.histories.append(hist[i])
             positions.append(cands[i].index(targets[j]) if targets[j] in cands[i] else -1)
         bar.update(len(part))
     bar.close()
@@ -102,8 +125,25 @@ def choose_fusion_weight(scores: LLMScores, grid: Sequence[float] = (0, 0.25, 0.
     return best, tried
 
 
-def llm_results(scores: LLMScores, systems: dict[str, float | None]) -> list[EvalResult]:
-    """One :class:`EvalResult` per named system: ``None`` = retriever order, a number = fusion weight."""
+def split_priors(sc, split: str, max_history: int = 20) -> ItemPriors:
+    """Item priors from the interactions a model evaluated on ``split`` may see (PROTOCOL.md):
+    train for ``valid``, train + valid for ``test``."""
+    seen = (S.TRAIN,) if split == S.VALID else (S.TRAIN, S.VALID)
+    hist = sc.data.histories(splits=seen) if sc.data.has_split else sc.histories
+    return ItemPriors.from_histories(sc.catalog, (h.item_ids for h in hist.values()), max_history)
+
+
+def fit_learned_fusion(valid: LLMScores, priors: ItemPriors, names: Sequence[str], l2: float = 1e-2) -> FusionModel:
+    """A :class:`~ragrec.inference.fusion.FusionModel` fitted on validation scores."""
+    model = fit_fusion(valid.fusion_rows(priors, names), valid.target_pos, names, l2=l2,
+                       max_history=priors.max_history)  # fmt: skip
+    model.fitted_on.update({"split": valid.split, "dataset": valid.dataset})
+    return model
+
+
+def llm_results(scores: LLMScores, systems: dict[str, float | None | Sequence[np.ndarray]]) -> list[EvalResult]:
+    """One :class:`EvalResult` per named system: ``None`` = retriever order, a number = fusion
+    weight, a list of per-user candidate scores = those scores (e.g. a learned fusion's)."""
     return [
         EvalResult(
             name,
@@ -112,7 +152,10 @@ def llm_results(scores: LLMScores, systems: dict[str, float | None]) -> list[Eva
             list(scores.users),
             scores.ranks(w),
             True,
-            {"k": len(scores.candidates[0]) if scores.candidates else 0, "fusion_weight": w},
+            {
+                "k": len(scores.candidates[0]) if scores.candidates else 0,
+                "fusion_weight": w if w is None or isinstance(w, (int, float)) else "learned",
+            },
         )  # fmt: skip
         for name, w in systems.items()
     ]

@@ -9,7 +9,7 @@ base model alone serves scenarios without one), and batches are formed per scena
 Saved layout (``save_pretrained``; the base model is referenced by name, not copied)::
 
     recommender.json                    config + scenario list
-    scenarios/<name>/scenario.json      item noun, fusion weight
+    scenarios/<name>/scenario.json      item noun, fusion weight or learned fusion weights
     scenarios/<name>/data/              the catalog and histories (Parquet)
     scenarios/<name>/retriever/         encoder + FAISS index
     scenarios/<name>/text/              text encoder (optional)
@@ -39,6 +39,7 @@ from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError, UnknownNameError
 from ragrec.inference.adapters import check_adapter
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
+from ragrec.inference.fusion import FusionModel, ItemPriors
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
 from ragrec.inference.grounding import TitleMatcher
 from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -99,6 +100,9 @@ class ScenarioConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Scenario name.")
     item_noun: str = Field("item", max_length=40, description="What the catalog holds ('movie', 'game').")
     fusion_weight: float = Field(0.0, ge=0, description="Weight of the retriever score fused with the LLM's.")
+    fusion: FusionModel | None = Field(
+        None, description="A learned fusion of the LLM, retriever and item priors (replaces fusion_weight when set)."
+    )
 
 
 @dataclass
@@ -124,6 +128,12 @@ class Scenario:
     @cached_property
     def catalog(self) -> dict[str, Item]:
         return {i: self.data.item(i) for i in self.data.item_ids()}
+
+    @cached_property
+    def priors(self) -> ItemPriors:
+        """Popularity, categories and years for a learned fusion, from the known histories."""
+        max_history = self.config.fusion.max_history if self.config.fusion else 20
+        return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()), max_history)
 
     @cached_property
     def matcher(self) -> TitleMatcher:
@@ -346,7 +356,11 @@ class Recommender:
                 continue
             s = llm[j]
             retr = np.array([c.score for c in cs])
-            fused = fuse_scores(s, retr, sc.config.fusion_weight)
+            if sc.config.fusion is not None:
+                ids, fusion = [c.item_id for c in cs], sc.config.fusion
+                fused = fusion.score(sc.priors.features(req.history.item_ids, ids, retr, s, fusion.names))
+            else:
+                fused = fuse_scores(s, retr, sc.config.fusion_weight)
             order = np.argsort(-fused, kind="stable")[:k]
             items = tuple(
                 RankedItem(cs[i].item_id, float(fused[i]), r, None, float(retr[i])) for r, i in enumerate(order, 1)
@@ -366,7 +380,7 @@ class Recommender:
         """Top-``k`` items for a known user (``user_id``) or an explicit ``history`` of item ids.
 
         ``task``: ``rank`` (the LLM scores the retrieved candidates; fused with the retriever's
-        score by the scenario's ``fusion_weight``) or ``generate`` (the LLM writes titles,
+        score by the scenario's ``fusion_weight``, or by its learned ``fusion``) or ``generate`` (the LLM writes titles,
         constrained to the candidates). An unknown user gets popularity candidates, reported in
         ``fallback``; unknown scenario, task or item ids raise errors naming the valid ones.
         """

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import sparse
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
@@ -57,12 +58,12 @@ class EASEEncoder(Encoder):
         index = {i: k for k, i in enumerate(item_ids)}
         hist = data.histories(splits=splits if data.has_split else None)
         rows = [(r, index[i]) for r, h in enumerate(hist.values()) for i in set(h.item_ids)]
-        x = torch.zeros(len(hist), n, dtype=torch.float64)
-        if rows:
-            r, c = zip(*rows)
-            x[list(r), list(c)] = 1.0
-        gram = x.T @ x + config.l2 * torch.eye(n, dtype=torch.float64)  # (N, N)
-        p = torch.linalg.inv(gram)
+        gram = config.l2 * torch.eye(n, dtype=torch.float64)  # (N, N)
+        if rows:  # X^T X from the sparse (users, items) matrix: a dense X would be users x items floats
+            r, c = np.array(rows).T
+            x = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(hist), n))
+            gram += torch.from_numpy((x.T @ x).toarray())
+        p = torch.cholesky_inverse(torch.linalg.cholesky(gram))  # gram is symmetric positive definite
         b = -p / torch.diag(p)[None, :]
         b.fill_diagonal_(0.0)
         return cls(item_ids, b.float().numpy(), config)

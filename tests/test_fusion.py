@@ -1,0 +1,93 @@
+"""Learned fusion: item-prior features against hand computations, the conditional logit recovers
+known weights, bad input, and a Recommender serving a saved fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from conftest import hash_embedder, tiny_scenario
+from ragrec.errors import RagrecError
+from ragrec.eval.llm import LLMScores, llm_results
+from ragrec.inference import FEATURES, FusionModel, ItemPriors, Recommender, RecommenderConfig, fit_fusion, load_model
+from ragrec.types import Item
+
+CATALOG = {
+    "a": Item("a", "A", 1990, ("drama",)),
+    "b": Item("b", "B", 2000, ("comedy",)),
+    "c": Item("c", "C", 2010, ("drama", "comedy")),
+    "d": Item("d", "D", None, ()),
+}
+
+
+def test_features_match_hand_computation():
+    priors = ItemPriors.from_histories(CATALOG, [["a", "b"], ["a"], ["a", "c"]], max_history=2)
+    x = priors.features(["b", "a", "a"], ["a", "b", "c", "d"], np.array([1.0, 2.0, 3.0, 4.0]),
+                        np.array([0.0, 0.0, 0.0, 1.0]))  # fmt: skip
+    cols = dict(zip(FEATURES, x.T))
+    sd = np.std([1, 2, 3, 4])
+    assert cols["retriever"] == pytest.approx((np.array([1, 2, 3, 4]) - 2.5) / sd)
+    assert cols["llm"] == pytest.approx(np.array([-1, -1, -1, 3]) / np.sqrt(3))
+    assert cols["popularity"] == pytest.approx(np.log1p([3, 1, 1, 0]))
+    # The last 2 history items are a, a: profile = drama only.
+    assert cols["category_match"] == pytest.approx([1.0, 0.0, 1 / np.sqrt(2), 0.0])
+    # Median history year 1990; no year -> 0.
+    assert cols["year_offset"] == pytest.approx([0.0, 1.0, 2.0, 0.0])
+    assert cols["year_gap"] == pytest.approx([0.0, 1.0, 2.0, 0.0])
+    only = priors.features(["a"], ["b", "c"], np.array([0.0, 1.0]), names=["popularity", "retriever"])
+    assert only.shape == (2, 2) and only[:, 0] == pytest.approx(np.log1p([1, 1]))
+    with pytest.raises(RagrecError, match="LLM's score"):
+        priors.features(["a"], ["b", "c"], np.array([0.0, 1.0]))
+
+
+def test_fit_recovers_the_weights_that_chose_the_targets():
+    rng = np.random.default_rng(0)
+    names = ["retriever", "popularity", "category_match"]
+    true = np.array([1.5, -0.8, 0.0])
+    rows, pos = [], []
+    for _ in range(3000):
+        x = rng.normal(size=(20, 3))
+        p = np.exp(x @ true)
+        rows.append(x)
+        pos.append(int(rng.choice(20, p=p / p.sum())))
+    pos[:100] = [-1] * 100  # targets the retriever missed carry nothing
+    fusion = fit_fusion(rows, pos, names, l2=1e-4)
+    got = np.array([fusion.weights[n] for n in names])
+    assert got == pytest.approx(true, abs=0.12)
+    assert fusion.fitted_on["users"] == 2900
+    scores = fusion.score(rows[0])
+    assert scores == pytest.approx(rows[0] @ got)
+
+
+def test_bad_fusion_input():
+    with pytest.raises(RagrecError, match="too few"):
+        fit_fusion([np.zeros((5, 2))] * 3, [0, 1, -1], ["retriever", "llm"])
+    with pytest.raises(ValidationError, match="allowed"):
+        FusionModel(weights={"retriever": 1.0, "vibes": 2.0})
+    with pytest.raises(ValidationError):
+        FusionModel(weights={})
+
+
+def test_llm_results_accept_per_user_scores():
+    scores = LLMScores("d", "test", ["u", "v"], [["a", "b", "c"], ["a", "b"]],
+                       [np.array([3.0, 2.0, 1.0]), np.array([1.0, 0.0])], [np.zeros(3), np.zeros(2)],
+                       np.array([2, -1]))  # fmt: skip
+    retr, mine = llm_results(scores, {"retriever": None, "mine": [np.array([0.0, 1.0, 5.0]), np.array([1.0, 0.0])]})
+    assert list(retr.ranks[:1]) == [3] and list(mine.ranks[:1]) == [1]
+    assert np.isinf(mine.ranks[1]) and mine.extra["fusion_weight"] == "learned"
+    with pytest.raises(RagrecError, match="histories"):
+        scores.fusion_rows(ItemPriors(CATALOG, {}), ["retriever"])
+
+
+def test_recommender_serves_a_saved_fusion(tiny_lm_dir, tmp_path):
+    loaded = load_model(str(tiny_lm_dir), device="cpu")
+    sc = tiny_scenario()
+    sc.config.fusion = FusionModel(weights={"popularity": -1.0, "llm": 1e-6})  # least popular first
+    rec = Recommender(loaded, [sc], RecommenderConfig(candidates=6))
+    out = rec.recommend("u2", k=6)
+    pops = [sc.priors.popularity.get(i, 0) for i in out.item_ids]
+    assert pops == sorted(pops) and len(set(pops)) > 1
+    back = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "rec"), loaded=loaded, embedder=hash_embedder)
+    assert back.scenario().config.fusion == sc.config.fusion
+    assert back.recommend("u2", k=6).item_ids == out.item_ids
