@@ -97,6 +97,22 @@ def test_rank_examples_are_drawn_like_serving_candidates(loaded):
     assert any(e.item_id not in retrieved_rank(e)[0][:3] for e in loose.examples)
 
 
+def test_few_examples_do_not_search_every_position(loaded, monkeypatch):
+    data = movie_data()
+    sc = _scenario(data)
+    rec = Recommender(loaded, [sc], REC)
+    asked = []
+    search = sc.retriever.retrieve
+    monkeypatch.setattr(sc.retriever, "retrieve", lambda histories, k: asked.append(len(histories)) or search(
+        histories=histories, k=k))  # fmt: skip
+    import ragrec.finetune.examples as E
+
+    monkeypatch.setattr(E, "_CHUNK", 4)
+    ex = build_examples(rec, None, FinetuneConfig(examples=2, positions=3, candidates=3, target_retrieved=False))
+    positions = sum(min(3, len(h) - 1) for h in data.histories(splits=(S.TRAIN,)).values())
+    assert ex.counts["rank"] == 2 and sum(asked) == 4 < positions
+
+
 def test_answer_loss_is_over_the_candidates_for_rank_rows():
     from ragrec.finetune.trainer import answer_loss, collate_left
 

@@ -34,3 +34,19 @@ def test_attribute_explanation_uses_shared_categories():
     text = attribute_explanation(ITEMS[1], [ITEMS[2], ITEMS[0]], "movie")
     assert text == "You enjoyed Heat and Alien; Usual Suspects, The is also Crime."
     assert "popular" in attribute_explanation(ITEMS[0], [], "movie")
+
+
+def test_stated_categories_and_years_must_belong_to_allowed_items():
+    m = TitleMatcher(ITEMS + [Item("6", "Titanic", 1997, ("Drama", "Romance")), Item("7", "2001", 1968, ("Sci-Fi",))])
+    bad = m.check("Titanic is a gripping horror film from 1985, like the thrillers you watched.", allowed={"6", "1"})
+    assert bad.unsupported == ("horror", "1985") and not bad.grounded  # thriller: Heat is allowed
+    assert "stated categories or years" in bad.reason() and "horror" in bad.reason()
+    good = m.check("Titanic (1997) is a romance, like the 1990s crime dramas you enjoyed.", allowed={"6", "1"})
+    assert good.grounded and good.unsupported == () and good.reason() == ""
+    assert m.check("A sci-fi classic from the 1970s.", allowed={"3"}).grounded
+    assert m.check("A sci-fi classic from the 1980s.", allowed={"3"}).unsupported == ("1980s",)
+    # Words inside a named title are not attributes: "2001" is a title here, not a year.
+    assert m.stated("Like 2001, it is sci-fi.") == (["Sci-Fi"], [])
+    assert m.check("Like 2001, it is sci-fi.", allowed={"7"}).grounded
+    # Categories are matched as whole words, singular or plural.
+    assert m.stated("Crime comedies and animations") == (["Crime", "Animation"], [])

@@ -104,9 +104,10 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
     ]
     retrieved: dict[tuple[str, int], list[str]] = {}
     if "rank" in config.mixture:
-        retrieved = _retrieved(sc, sequences, positions, config)
+        want_rank = max(1, round(config.examples * config.mixture["rank"] / sum(config.mixture.values())))
+        retrieved = _retrieved(sc, sequences, positions, config, want_rank, rng)
     pools = {
-        "rank": [p for p in positions if (p.user_id, p.t) in retrieved] if config.target_retrieved else positions,
+        "rank": [p for p in positions if (p.user_id, p.t) in retrieved],  # a uniform sample (see _retrieved)
         "rate": [
             p for p in positions if sequences[p.user_id].ratings and sequences[p.user_id].ratings[p.t] is not None
         ],
@@ -136,14 +137,22 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
     return out
 
 
-def _retrieved(sc, sequences, positions, config) -> dict[tuple[str, int], list[str]]:
-    """For each position, the retriever's top ``candidates`` for the history before it (items of
-    the user's training sequence left out, except the target); with ``target_retrieved`` only the
-    positions whose target is among them."""
+_CHUNK = 512  # positions retrieved per batch
+
+
+def _retrieved(sc, sequences, positions, config, want: int, rng) -> dict[tuple[str, int], list[str]]:
+    """For positions in random order, the retriever's top ``candidates`` for the history before it
+    (items of the user's training sequence left out, except the target); with ``target_retrieved``
+    only the positions whose target is among them. Stops once ``want`` positions are found: a
+    prefix of a random order is a uniform sample, and a 50k-user catalog is not searched whole
+    for a few hundred examples."""
     k = min(len(sc.retriever.index), config.candidates + 50)
     out: dict[tuple[str, int], list[str]] = {}
-    for start in range(0, len(positions), 512):
-        chunk = positions[start : start + 512]
+    order = [positions[j] for j in rng.permutation(len(positions))]
+    for start in range(0, len(order), _CHUNK):
+        if len(out) >= want:
+            break
+        chunk = order[start : start + _CHUNK]
         histories = [list(sequences[p.user_id].item_ids[: p.t]) for p in chunk]
         for p, res in zip(chunk, sc.retriever.retrieve(histories=histories, k=k)):
             seq = sequences[p.user_id].item_ids

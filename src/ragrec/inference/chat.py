@@ -154,8 +154,8 @@ class ChatSession:
         if not text or not grounding.grounded:
             listed = "; ".join(clean_text(c.title) or c.item_id for c in cand_items[:5]) or "nothing"
             answer = f"From the catalog: {listed}."
-            fallback = ("the model wrote nothing" if not text else
-                        "the model named items outside the retrieved ones") + "; answered with the retrieved items"  # fmt: skip
+            fallback = ("the model wrote nothing" if not text else grounding.reason("the history and retrieved items")
+                        ) + "; answered with the retrieved items"  # fmt: skip
         turn = ChatAnswer(q, answer, items, text, grounding, fallback, tuple(notes))
         self.turns.append(turn)
         return turn

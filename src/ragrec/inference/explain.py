@@ -103,7 +103,7 @@ class Explainer:
         grounding = self.matcher.check(text, allowed)
         if grounding.grounded and text:
             return Explanation(item.item_id, text, text, grounding)
-        why = "the model wrote nothing" if not text else _why(grounding)
+        why = "the model wrote nothing" if not text else grounding.reason()
         return Explanation(item.item_id, attribute_explanation(item, history, item_noun), text, grounding,
                            fallback=f"{why}; explanation built from the data instead")  # fmt: skip
 
@@ -138,12 +138,3 @@ class Explainer:
             worker.join()
 
         return ExplanationStream(chunks(), lambda text: self._check(text, history, item, item_noun))
-
-
-def _why(grounding: Grounding) -> str:
-    parts = []
-    if grounding.outside:
-        parts.append(f"named items outside the user's history: {list(grounding.outside)}")
-    if grounding.unknown:
-        parts.append(f"named titles not in the catalog: {list(grounding.unknown)}")
-    return "the model " + " and ".join(parts)
