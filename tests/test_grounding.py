@@ -48,5 +48,9 @@ def test_stated_categories_and_years_must_belong_to_allowed_items():
     # Words inside a named title are not attributes: "2001" is a title here, not a year.
     assert m.stated("Like 2001, it is sci-fi.") == (["Sci-Fi"], [])
     assert m.check("Like 2001, it is sci-fi.", allowed={"7"}).grounded
+    # With ``about``, attributes must be the subject's or a named allowed item's, not any history item's.
+    assert m.check("A thriller for you.", allowed={"6", "1"}).grounded  # lenient: Heat is allowed
+    assert m.check("A thriller for you.", allowed={"6", "1"}, about={"6"}).unsupported == ("thriller",)
+    assert m.check("Like Heat, a thriller.", allowed={"6", "1"}, about={"6"}).grounded
     # Categories are matched as whole words, singular or plural.
     assert m.stated("Crime comedies and animations") == (["Crime", "Animation"], [])

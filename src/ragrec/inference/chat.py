@@ -149,7 +149,7 @@ class ChatSession:
         with rec.use(sc):
             text = generate_text(rec.loaded, with_turns(messages), template.output.max_new_tokens)
         allowed = set(self.history.item_ids) | {i.item_id for i in items}
-        grounding = sc.matcher.check(text, allowed)
+        grounding = sc.matcher.check(text, allowed, about={i.item_id for i in items})
         answer, fallback = text, None
         if not text or not grounding.grounded:
             listed = "; ".join(clean_text(c.title) or c.item_id for c in cand_items[:5]) or "nothing"

@@ -100,7 +100,7 @@ class Explainer:
 
     def _check(self, text: str, history: Sequence[Item], item: Item, item_noun: str) -> Explanation:
         allowed = {h.item_id for h in history} | {item.item_id}
-        grounding = self.matcher.check(text, allowed)
+        grounding = self.matcher.check(text, allowed, about={item.item_id})
         if grounding.grounded and text:
             return Explanation(item.item_id, text, text, grounding)
         why = "the model wrote nothing" if not text else grounding.reason()

@@ -7,10 +7,12 @@ quoted spans ("...") name no catalog item at all, and which attributes it states
 category names (singular or plural: "comedy", "comedies", "film noir") and years or decades
 ("1997", "1990s"), outside the titles it names. A text is *grounded* when it names no unknown
 quoted title, every catalog item it names is in the allowed set (the user's history, the
-recommended item, the retrieved candidates), and every attribute it states belongs to some item
-of that set. Unquoted invented titles cannot be told from ordinary words, and attributes the
-catalog does not record (directors, plots) cannot be checked; those limits are documented, not
-hidden.
+recommended item, the retrieved candidates), and every attribute it states belongs to an item the
+text is about (the explained item, the items a chat answer offers) or names. "You like action
+films" about a drama that names no action film fails: strict, since the fallback is cheap and
+a small LM's taste statements are often invented. Unquoted invented titles cannot be told from
+ordinary words, and attributes the catalog does not record (directors, plots) cannot be checked;
+those limits are documented, not hidden.
 """
 
 from __future__ import annotations
@@ -143,16 +145,20 @@ class TitleMatcher:
                 out.append(w)
         return out
 
-    def check(self, text: str, allowed: Collection[str]) -> Grounding:
-        """Ground ``text`` against the catalog, allowing the item ids in ``allowed``."""
+    def check(self, text: str, allowed: Collection[str], about: Collection[str] | None = None) -> Grounding:
+        """Ground ``text`` against the catalog, allowing the item ids in ``allowed``. Stated
+        attributes must belong to an item of ``about`` (what the text is about: the explained
+        item, the items a chat answer offers) or to an allowed item the text names; without
+        ``about``, to any allowed item (lenient: a long history has every genre)."""
         cited = self.cited(text)
         unknown = []
         for span in _QUOTED.findall(text):
             form = _norm(re.sub(r"\(\d{4}\)", "", span))
             if form and form not in self._forms:
                 unknown.append(span.strip())
+        support = allowed if about is None else set(about) | {i for i in cited if i in allowed}
         return Grounding(tuple(cited), tuple(i for i in cited if i not in allowed), tuple(unknown),
-                         tuple(self.unsupported(text, allowed)))  # fmt: skip
+                         tuple(self.unsupported(text, support)))  # fmt: skip
 
 
 def attribute_explanation(item: Item, history: Sequence[Item], item_noun: str = "item") -> str:
