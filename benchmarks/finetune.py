@@ -85,22 +85,6 @@ def register(ft_dir: Path, model: str) -> Path:
     return target
 
 
-def learned_rows(scores: dict, sc) -> tuple[dict, dict]:
-    """Learned fusions fitted on the validation users, scored on the test users: item priors with
-    the retriever (no LLM), then with the fine-tuned LLM too."""
-    from ragrec.eval.llm import fit_learned_fusion, split_priors
-    from ragrec.inference.fusion import FEATURES
-
-    priors = {s: split_priors(sc, s) for s in ("valid", "test")}
-    systems, fitted = {}, {}
-    for label, key, names in (("(e) retriever + item priors, learned fusion (no LLM)", "priors", [n for n in FEATURES if n != "llm"]),
-                              ("(f) fine-tuned LLM + retriever + item priors, learned fusion", "llm", list(FEATURES))):  # fmt: skip
-        fusion = fit_learned_fusion(scores["valid"], priors["valid"], names)
-        systems[label] = [fusion.score(x) for x in scores["test"].fusion_rows(priors["test"], names)]
-        fitted[key] = fusion.model_dump()
-    return systems, fitted
-
-
 def report(work: Path, ft_dir: Path) -> None:
     from ragrec.eval.llm import choose_fusion_weight, llm_results
     from ragrec.eval.report import compare, write_report
@@ -129,7 +113,8 @@ def report(work: Path, ft_dir: Path) -> None:
                                                    "(b) zero-shot SmolLM2-135M": 0.0})  # fmt: skip
     results += llm_results(scores["tuned"]["test"], {"(c) fine-tuned SmolLM2-135M (LoRA)": 0.0,
                            f"(d) fine-tuned, fused with retriever (w={w_tuned:g}, chosen on valid)": w_tuned})  # fmt: skip
-    learned, fitted = learned_rows(scores["tuned"], scenario)
+    learned, fitted = llm_rank.learned_rows(scores["tuned"]["valid"], scores["tuned"]["test"], scenario,
+                                            "fine-tuned LLM", ("(e) ", "(f) "))  # fmt: skip
     results += llm_results(scores["tuned"]["test"], learned)
     a, b, c, d, e, f = results
     comparisons = [(f"{c.system} - {b.system}", compare(c, b)), (f"{d.system} - {a.system}", compare(d, a)),
@@ -155,11 +140,8 @@ def report(work: Path, ft_dir: Path) -> None:
         f"{cfg['eval_steps']} steps: {trained['valid_curve']}.",
         f"Users: {len(tuned['test_rows'])} of {len(prompts['test']['users'])} test users, "
         f"{len(tuned['valid_rows'])} validation users for the fusion weights (zero-shot fused would pick w={w_zero:g}).",
-        "(e), (f): a conditional logit over each user's 20 candidates (ragrec.inference.fusion) fitted on the same "
-        "validation users, features: the retriever's score, log popularity (train split for validation, train + valid "
-        "for test), category match with the last 20 history items, year offset and gap; (f) adds the fine-tuned LLM's "
-        f"score. Weights (e) {fitted['priors']['weights']}; (f) {fitted['llm']['weights']}. (f) - (e) is what the "
-        f"LLM adds beyond cheap item priors; (e)/(a) = {e.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}, "
+        f"(e), (f): {llm_rank.LEARNED_NOTE} Weights (e) {fitted['priors']['weights']}; (f) {fitted['llm']['weights']}; "
+        f"(e)/(a) = {e.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}, "
         f"(f)/(a) = {f.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}.",
     ]
     extra = {"train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason", "examples", "device",

@@ -249,6 +249,32 @@ def _llm_scores(work: dict, scores: dict, split: str, shifts: int, sc=None):
     return out
 
 
+def learned_rows(valid, test, sc, llm: str, tags: tuple[str, str] = ("", "")) -> tuple[dict, dict]:
+    """Learned fusions (ragrec.inference.fusion) fitted on the validation scores, scored on the test
+    ones: the retriever + item priors without the LLM, then with the ``llm``'s score too."""
+    from ragrec.eval.llm import fit_learned_fusion, split_priors
+    from ragrec.inference.fusion import FEATURES
+
+    priors = {s: split_priors(sc, s) for s in ("valid", "test")}
+    systems, fitted = {}, {}
+    for label, key, names in ((f"{tags[0]}retriever + item priors, learned fusion (no LLM)", "priors",
+                               [n for n in FEATURES if n != "llm"]),
+                              (f"{tags[1]}{llm} + retriever + item priors, learned fusion", "llm", list(FEATURES))):  # fmt: skip
+        fusion = fit_learned_fusion(valid, priors["valid"], names)
+        systems[label] = [fusion.score(x) for x in test.fusion_rows(priors["test"], names)]
+        fitted[key] = fusion.model_dump()
+    return systems, fitted
+
+
+LEARNED_NOTE = (
+    "Learned fusion (ragrec.inference.fusion): a conditional logit over each user's 20 candidates fitted on the "
+    "validation users whose target was retrieved (the others are misses under any fusion), features: the "
+    "retriever's score, log popularity (train split for validation, train + valid for test), category match with "
+    "the last 20 history items, year offset and gap, and with the LLM its score. The row with the LLM minus the "
+    "row without it is what the LLM adds beyond cheap item priors."
+)
+
+
 def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
     from ragrec.eval.llm import choose_fusion_weight, llm_results
     from ragrec.eval.report import compare, write_report
@@ -269,8 +295,13 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
             named = {**systems, **named}
         results += llm_results(test, named)
         extra[f"valid_ndcg@10_by_weight_{shifts}perm"] = tried
+    sc = _scenario()
+    valid, test = (_llm_scores(work, scores, s, 1, sc) for s in ("valid", "test"))
+    learned, extra["learned_fusion"] = learned_rows(valid, test, sc, "zero-shot SmolLM2-135M")
+    results += llm_results(test, learned)
     base = results[0]
     comparisons = [(f"{r.system} - {base.system}", compare(r, base)) for r in results[1:]]
+    comparisons.append((f"{results[-1].system} - {results[-2].system}", compare(results[-1], results[-2])))
     rows = [{**r.row(), "candidate_recall@20": round(float(np.isfinite(r.ranks).mean()), 6)} for r in results]
     notes = [
         "PROTOCOL.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a miss), "
@@ -279,6 +310,7 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
         f"Users: {len(scores['test_rows'])} of {len(work['test']['users'])} test users and "
         f"{len(scores['valid_rows'])} validation users (for the fusion weight), sampled with seed 0; "
         f"LLM scoring on {scores['device']} ({scores['dtype']}).",
+        LEARNED_NOTE + f" Weights: {extra['learned_fusion']}.",
     ]
     if gen_path.is_file():
         g = json.loads(gen_path.read_text())
