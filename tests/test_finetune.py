@@ -312,8 +312,10 @@ def test_scenario_new_and_finetune_from_two_csvs(tiny_lm_dir, tmp_path):
                              str(tiny_lm_dir), *args)  # fmt: skip
     assert code == 0, err
     assert "registered scenario 'films'" in out
+    assert "serving 'films' with the fusion weight" in out  # 10 users: too few for a learned fusion
     rec_dir = tmp_path / "sc" / "films" / "recommender"
     rec = Recommender.from_pretrained(rec_dir)
+    assert rec.scenario("films").config.fusion_weight in (0, 0.25, 0.5, 1, 2, 4, 8)
     assert read_adapter_info(rec_dir / "scenarios" / "films" / "adapter").scenario == "films"
     user = next(iter(rec.scenario("films").histories))
     assert len(rec.recommend(user, k=3).items) == 3 and rec.active_adapter == "films"

@@ -91,3 +91,28 @@ def test_recommender_serves_a_saved_fusion(tiny_lm_dir, tmp_path):
     back = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "rec"), loaded=loaded, embedder=hash_embedder)
     assert back.scenario().config.fusion == sc.config.fusion
     assert back.recommend("u2", k=6).item_ids == out.item_ids
+
+
+def test_choose_fusion_keeps_a_learned_fusion_only_when_it_wins_out_of_sample():
+    from ragrec.eval.llm import choose_fusion
+
+    rng = np.random.default_rng(3)
+    catalog = {f"i{j}": Item(f"i{j}", f"T{j}") for j in range(300)}
+    priors = ItemPriors(catalog, {f"i{j}": int(c) for j, c in enumerate(rng.integers(0, 500, size=300))})
+    users, cands, retr, llm, pos = [], [], [], [], []
+    for u in range(400):  # the target follows popularity; the retriever and the LLM are noise
+        c = list(rng.choice(list(catalog), size=20, replace=False))
+        p = np.exp(1.5 * np.log1p([priors.popularity[i] for i in c]))
+        users.append(f"u{u}"), cands.append(c), retr.append(rng.normal(size=20)), llm.append(rng.normal(size=20))
+        pos.append(int(rng.choice(20, p=p / p.sum())) if u % 4 else -1)
+    scores = LLMScores("d", "valid", users, cands, retr, llm, np.array(pos), [[] for _ in users])
+    weight, fusion, report = choose_fusion(scores, priors)
+    assert fusion is not None and fusion.weights["popularity"] > 1.0
+    assert report["out_of_sample_ndcg@10"]["learned"] > report["out_of_sample_ndcg@10"]["weight"]
+    few = scores.subset(range(12))
+    weight, fusion, report = choose_fusion(few, priors)
+    assert (
+        fusion is None
+        and report["learned_fusion"].startswith("not fitted")
+        and weight in report["valid_ndcg@10_by_weight"]
+    )

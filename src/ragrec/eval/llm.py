@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ragrec import schema as S
 from ragrec.errors import RagrecError
 from ragrec.eval.protocol import EvalResult, eval_users
-from ragrec.inference.fusion import FusionModel, ItemPriors, fit_fusion
+from ragrec.inference.fusion import FEATURES, FusionModel, ItemPriors, fit_fusion
 from ragrec.inference.recommender import Recommender, fuse_scores
 from ragrec.ranking import metric_table
 
@@ -27,6 +27,7 @@ __all__ = [
     "score_llm",
     "llm_results",
     "choose_fusion_weight",
+    "choose_fusion",
     "sample_users",
     "split_priors",
     "fit_learned_fusion",
@@ -63,6 +64,15 @@ class LLMScores:
             out[u] = int((s >= s[pos]).sum())  # ties count against the target
         return out
 
+    def subset(self, rows: Sequence[int]) -> LLMScores:
+        """These scores for the users at ``rows`` only."""
+
+        def pick(xs: list) -> list:
+            return [xs[j] for j in rows] if xs else []
+
+        return LLMScores(self.dataset, self.split, pick(self.users), pick(self.candidates), pick(self.retriever),
+                         pick(self.llm), self.target_pos[np.asarray(rows, dtype=int)], pick(self.histories))  # fmt: skip
+
     def fusion_rows(self, priors: ItemPriors, names: Sequence[str]) -> list[np.ndarray]:
         """(C, F) learned-fusion features per user (needs ``histories``)."""
         if len(self.histories) != len(self.users):
@@ -87,8 +97,11 @@ def score_llm(
     users: Sequence[str] | None = None,
     chunk: int = 32,
     progress: bool = True,
+    retrieved_only: bool = False,
 ) -> LLMScores:
-    """Retrieve and LLM-score the candidates of ``users`` (default: every user with a target)."""
+    """Retrieve and LLM-score the candidates of ``users`` (default: every user with a target).
+    ``retrieved_only``: skip the LLM for users whose target was not retrieved (their LLM scores
+    are zeros): they are misses under every fusion, so choosing or fitting one loses nothing."""
     sc = rec.scenario(scenario)
     all_users, histories, targets = eval_users(sc.data, split)
     wanted = set(users) if users is not None else None
@@ -102,14 +115,14 @@ def score_llm(
         hist = [list(histories[j]) for j in part]
         results = sc.retriever.retrieve(histories=hist, k=k)
         cands = [r.item_ids for r in results]
-        live = [i for i, c in enumerate(cands) if c]
+        live = [i for i, c in enumerate(cands) if c and (not retrieved_only or targets[part[i]] in c)]
         scored = rec.score_candidates(sc, [hist[i] for i in live], [cands[i] for i in live])
         llm = dict(zip(live, scored))
         for i, (j, res) in enumerate(zip(part, results)):
             out.users.append(all_users[j])
             out.candidates.append(cands[i])
             out.retriever.append(np.array([c.score for c in res.candidates]))
-            out.llm.append(llm.get(i, np.zeros(0)))
+            out.llm.append(llm.get(i, np.zeros(len(cands[i]))))
             out.histories.append(hist[i])
             positions.append(cands[i].index(targets[j]) if targets[j] in cands[i] else -1)
         bar.update(len(part))
@@ -139,6 +152,46 @@ def fit_learned_fusion(valid: LLMScores, priors: ItemPriors, names: Sequence[str
                        max_history=priors.max_history)  # fmt: skip
     model.fitted_on.update({"split": valid.split, "dataset": valid.dataset})
     return model
+
+
+def choose_fusion(
+    valid: LLMScores, priors: ItemPriors, names: Sequence[str] = tuple(FEATURES), seed: int = 0
+) -> tuple[float, FusionModel | None, dict]:
+    """How to fuse the LLM with the retriever, decided on validation scores: the fusion weight of
+    :func:`choose_fusion_weight`, and a learned fusion kept only if it beats that weight out of
+    sample (2-fold cross-fitting over the users: fit on one half, score the other; refit on all
+    when kept). Returns ``(weight, fusion or None, report)``."""
+    weight, tried = choose_fusion_weight(valid)
+    report: dict = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
+    rows = valid.fusion_rows(priors, names)
+    idx = np.random.default_rng(seed).permutation(len(valid.users))
+    folds = [np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2 :])]
+    ranks = {"weight": np.full(len(valid.users), np.inf), "learned": np.full(len(valid.users), np.inf)}
+    try:
+        for k in (0, 1):
+            fit, held = folds[1 - k], folds[k]
+            w, _ = choose_fusion_weight(valid.subset(fit))
+            model = fit_fusion([rows[j] for j in fit], valid.target_pos[fit], names, max_history=priors.max_history)
+            for j in held:
+                pos = valid.target_pos[j]
+                if pos < 0:
+                    continue
+                for key, s in (
+                    ("weight", fuse_scores(valid.llm[j], valid.retriever[j], w)),
+                    ("learned", model.score(rows[j])),
+                ):
+                    ranks[key][j] = int((s >= s[pos]).sum())
+    except RagrecError as e:  # too few retrieved targets to fit: the weight alone, said in the report
+        report["learned_fusion"] = f"not fitted: {e}"
+        return weight, None, report
+    oof = {key: metric_table(r, (10,))["ndcg@10"] for key, r in ranks.items()}
+    report["out_of_sample_ndcg@10"] = oof
+    if oof["learned"] <= oof["weight"]:
+        report["learned_fusion"] = "not kept: no better than the fusion weight out of sample"
+        return weight, None, report
+    fusion = fit_learned_fusion(valid, priors, names)
+    report["learned_fusion"] = fusion.model_dump()
+    return weight, fusion, report
 
 
 def llm_results(scores: LLMScores, systems: dict[str, float | None | Sequence[np.ndarray]]) -> list[EvalResult]:

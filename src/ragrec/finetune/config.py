@@ -74,6 +74,12 @@ class FinetuneConfig(BaseModel):
     eval_steps: int = Field(25, ge=1, description="Optimizer steps between validations (and checkpoints).")
     eval_users: int = Field(100, ge=1, description="Validation users scored at each validation (LLM NDCG@10).")
     patience: int = Field(3, ge=1, description="Validations without improvement before stopping early.")
+    fusion_users: int = Field(
+        300,
+        ge=0,
+        description="Validation users scored after training (by `ragrec finetune`) to decide how the LLM's score is "
+        "fused with the retriever's: a weight, or a learned fusion when it is better out of sample (0: LLM alone).",
+    )
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best one is always kept).")
     logging_steps: int = Field(5, ge=1, description="Optimizer steps between loss logs.")
 

@@ -163,6 +163,7 @@ class ScenarioRun:
     result: Any  # FinetuneResult
     recommender: Path
     data_stats: dict
+    fusion: dict | None = None  # how the served LLM score is fused with the retriever's (choose_fusion's report)
 
 
 def run_scenario(
@@ -233,4 +234,29 @@ def run_scenario(
     save_recommender(target, scenarios, rec_config)
     echo(f"registered scenario {spec.name!r} with its adapter in {target} "
          f"(scenarios: {', '.join(s.name for s in scenarios)})")  # fmt: skip
-    return ScenarioRun(spec, result, target, stats)
+    fusion = None
+    if config.fusion_users and "rank" in config.mixture:
+        fusion = choose_served_fusion(target, spec.name, config.fusion_users, echo=echo, progress=progress)
+    return ScenarioRun(spec, result, target, stats, fusion)
+
+
+def choose_served_fusion(rec_dir: Path, scenario: str, users: int, *, echo=print, progress: bool = True) -> dict:
+    """Score ``users`` validation users with the saved recommender's fine-tuned scenario and store
+    how its LLM score is fused with the retriever's (:func:`ragrec.eval.llm.choose_fusion`)."""
+    from ragrec import schema as S
+    from ragrec.eval.llm import choose_fusion, sample_users, score_llm, split_priors
+    from ragrec.inference.recommender import Recommender, save_scenario_config
+
+    rec = Recommender.from_pretrained(rec_dir)
+    sc = rec.scenario(scenario)
+    picked = sample_users(list(sc.data.targets(S.VALID)), users)
+    valid = score_llm(rec, scenario, split=S.VALID, users=picked, retrieved_only=True, progress=progress)
+    weight, fusion, report = choose_fusion(valid, split_priors(sc, S.VALID, rec.config.max_history))
+    sc.config.fusion_weight, sc.config.fusion = weight, fusion
+    save_scenario_config(rec_dir, sc.config)
+    oof = report.get("out_of_sample_ndcg@10", {})
+    how = "a learned fusion" if fusion is not None else f"the fusion weight {weight:g}"
+    echo(f"serving {scenario!r} with {how} (chosen on {len(picked)} validation users"
+         + (f"; out of sample NDCG@10: weight {oof['weight']:.4f}, learned {oof['learned']:.4f}" if oof else "")
+         + ")")  # fmt: skip
+    return report

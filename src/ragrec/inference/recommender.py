@@ -528,9 +528,18 @@ def save_recommender(path: str | PathLike[str], scenarios: Sequence[Scenario], c
     return path
 
 
+def save_scenario_config(path: str | PathLike[str], config: ScenarioConfig) -> None:
+    """Replace one scenario's settings (fusion weight, learned fusion, item noun) in a saved
+    recommender folder, atomically, leaving its data, retriever and adapter as they are."""
+    target = Path(path) / "scenarios" / config.name / "scenario.json"
+    if not target.is_file():
+        raise RagrecError(f"{path}: no saved scenario {config.name!r}")
+    atomic_write_text(target, config.model_dump_json(indent=2) + "\n")
+
+
 def _save_scenario(sc: Scenario, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "scenario.json", sc.config.model_dump_json(indent=2) + "\n")
+    atomic_write_text(folder / "scenario.json", sc.config.model_dump_json(indent=2) + "\n")  # see save_scenario_config
     sc.data.save(folder / "data")
     sc.retriever.save(folder / "retriever")
     if sc.text is not None:
