@@ -139,7 +139,14 @@ def report(work: Path, ft_dir: Path) -> None:
         f"{trained['device']} ({trained['stop_reason']}), validation NDCG@10 on {cfg['eval_users']} users every "
         f"{cfg['eval_steps']} steps: {trained['valid_curve']}.",
         f"Users: {len(tuned['test_rows'])} of {len(prompts['test']['users'])} test users, "
-        f"{len(tuned['valid_rows'])} validation users for the fusion weights (zero-shot fused would pick w={w_zero:g}).",
+        f"{len(tuned['valid_rows'])} validation users for the fusion weights (zero-shot fused would pick w={w_zero:g})"
+        + (
+            " (only users whose target was retrieved: the validation NDCG@10 by weight in the JSON is conditional on "
+            "retrieval)"
+            if scores["tuned"]["valid"].target_pos.min(initial=0) >= 0
+            else ""
+        )
+        + ".",
         f"(e), (f): {llm_rank.LEARNED_NOTE} Weights (e) {fitted['priors']['weights']}; (f) {fitted['llm']['weights']}; "
         f"(e)/(a) = {e.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}, "
         f"(f)/(a) = {f.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}.",
