@@ -216,9 +216,8 @@ def eval_llm_cmd(
     systems: dict[str, Any] = {"retriever": None, f"retriever + {llm}": 0.0}
     extra = {}
     if tune_users:
-        valid = score_llm(
-            rec, sc.name, split=S.VALID, users=sample_users(list(sc.data.targets(S.VALID)), tune_users, seed)
-        )
+        picked = sample_users(list(sc.data.targets(S.VALID)), tune_users, seed)
+        valid = score_llm(rec, sc.name, split=S.VALID, users=picked, retrieved_only=True)  # misses: no LLM needed
         weight, tried = choose_fusion_weight(valid)
         systems[f"retriever + {llm}, fused (w={weight:g} on valid)"] = weight
         extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
