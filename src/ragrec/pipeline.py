@@ -116,7 +116,8 @@ def run_demo(
                  f"llm {it.score:.3f}  retriever {it.retriever_score:.3f}")  # fmt: skip
         exp = rec.explain(r.items[0].item_id, user)
         result.explanations.append(exp)
-        echo(f"  why #1: {first_sentence(exp.text)}" + (f"  [{exp.fallback}]" if exp.fallback else ""))
+        text = exp.text if exp.fallback else first_sentence(exp.text)  # data-built text: one sentence, titles with "!"
+        echo(f"  why #1: {text}" + (f"  [{exp.fallback}]" if exp.fallback else ""))
     sample = sample_users(list(data.targets(S.TEST)), eval_users)
     echo(f"\nevaluating on {len(sample)} test users ({rec.config.candidates} candidates each)...")
     scores = score_llm(rec, split=S.TEST, users=sample)
