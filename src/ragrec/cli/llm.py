@@ -223,16 +223,16 @@ def eval_llm_cmd(
         extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
     test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
     if tune_users and learned_fusion:
-        test_priors = split_priors(sc, S.TEST, rec.config.max_history)
+        priors = {split: split_priors(sc, split, rec.config.max_history) for split in (S.VALID, S.TEST)}
         for label, names in (("item priors, no LLM", [n for n in FEATURES if n != "llm"]), (llm, list(FEATURES))):
             try:
-                fusion = fit_learned_fusion(valid, split_priors(sc, S.VALID, rec.config.max_history), names)
+                fusion = fit_learned_fusion(valid, priors[S.VALID], names)
             except RagrecError as e:  # too few validation targets retrieved: reported, not hidden
                 extra[f"learned_fusion ({label})"] = f"not fitted: {e}"
                 console.print(f"[yellow]learned fusion ({label}) not fitted: {e}[/yellow]")
                 continue
             systems[f"learned fusion: retriever + {label}"] = [
-                fusion.score(x) for x in test.fusion_rows(test_priors, names)
+                fusion.score(x) for x in test.fusion_rows(priors[S.TEST], names)
             ]
             extra[f"learned_fusion ({label})"] = fusion.model_dump()
     results = llm_results(test, systems)

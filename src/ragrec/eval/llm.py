@@ -166,25 +166,19 @@ def choose_fusion(
     rows = valid.fusion_rows(priors, names)
     idx = np.random.default_rng(seed).permutation(len(valid.users))
     folds = [np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2 :])]
-    ranks = {"weight": np.full(len(valid.users), np.inf), "learned": np.full(len(valid.users), np.inf)}
+    ranks: dict[str, list[np.ndarray]] = {"weight": [], "learned": []}
     try:
         for k in (0, 1):
             fit, held = folds[1 - k], folds[k]
             w, _ = choose_fusion_weight(valid.subset(fit))
             model = fit_fusion([rows[j] for j in fit], valid.target_pos[fit], names, max_history=priors.max_history)
-            for j in held:
-                pos = valid.target_pos[j]
-                if pos < 0:
-                    continue
-                for key, s in (
-                    ("weight", fuse_scores(valid.llm[j], valid.retriever[j], w)),
-                    ("learned", model.score(rows[j])),
-                ):
-                    ranks[key][j] = int((s >= s[pos]).sum())
+            part = valid.subset(held)
+            ranks["weight"].append(part.ranks(w))
+            ranks["learned"].append(part.ranks([model.score(rows[j]) for j in held]))
     except RagrecError as e:  # too few retrieved targets to fit: the weight alone, said in the report
         report["learned_fusion"] = f"not fitted: {e}"
         return weight, None, report
-    oof = {key: metric_table(r, (10,))["ndcg@10"] for key, r in ranks.items()}
+    oof = {key: metric_table(np.concatenate(r), (10,))["ndcg@10"] for key, r in ranks.items()}
     report["out_of_sample_ndcg@10"] = oof
     if oof["learned"] <= oof["weight"]:
         report["learned_fusion"] = "not kept: no better than the fusion weight out of sample"

@@ -39,7 +39,7 @@ from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError, UnknownNameError
 from ragrec.inference.adapters import check_adapter
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
-from ragrec.inference.fusion import FusionModel, ItemPriors
+from ragrec.inference.fusion import FusionModel, ItemPriors, _standardise
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
 from ragrec.inference.grounding import TitleMatcher
 from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -166,11 +166,6 @@ class Recommendation:
     @property
     def item_ids(self) -> list[str]:
         return [i.item_id for i in self.items]
-
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
 
 
 def fuse_scores(llm: np.ndarray, retriever: np.ndarray, weight: float) -> np.ndarray:
