@@ -166,8 +166,10 @@ def report(ft_dir: Path, results: Path = RESULTS) -> None:
         f"sentence end within {cfg['max_review_chars']} characters; users whose test review is missing or under 40 "
         f"characters are left out ({zero.skipped or 'none'}). Explanations are greedy, at most 60 new tokens.",
         "BLEU-4: corpus BLEU over lower-cased words and punctuation (torchmetrics). ROUGE-L: mean per-user LCS F1. "
-        "Grounding: the explanation names no item outside the user's history and the explained item, and quotes no "
-        "title outside the catalog. Items have no titles here (ASINs only), so grounding mostly tests quoted titles.",
+        "Grounding: the explanation names no item outside the user's history and the explained item, quotes no "
+        "title outside the catalog, and states no category or year/decade that neither the explained item nor a "
+        "named item has. Items have no titles, categories or years here (ASINs only), so the checks that bite are "
+        "quoted titles and stated years (the zero-shot model calls items 'a high-end, 2019-2020 model').",
         f"Training: {sum(trained['examples'].values())} explain examples from training-split reviews, LoRA "
         f"r={cfg['lora_r']} on the last {cfg['lora_layers']} layers, lr {cfg['learning_rate']:g}, {trained['steps']} "
         f"steps of {cfg['grad_accum']}, {trained['train_seconds'] / 60:.1f} min on {trained['device']} "

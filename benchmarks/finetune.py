@@ -116,10 +116,15 @@ def report(work: Path, ft_dir: Path) -> None:
     learned, fitted = llm_rank.learned_rows(scores["tuned"]["valid"], scores["tuned"]["test"], scenario,
                                             "fine-tuned LLM", ("(e) ", "(f) "))  # fmt: skip
     results += llm_results(scores["tuned"]["test"], learned)
-    a, b, c, d, e, f = results
+    calibrated, slots = llm_rank.slot_rows(scores["zero"]["valid"], scores["zero"]["test"], "zero-shot", "(b') ")
+    content, fitted_content = llm_rank.content_rows(scores["zero"]["valid"], scores["zero"]["test"], scenario, "(g) ")
+    results += llm_results(scores["zero"]["test"], {**calibrated, **content})
+    a, b, c, d, e, f, b2, g = results
     comparisons = [(f"{c.system} - {b.system}", compare(c, b)), (f"{d.system} - {a.system}", compare(d, a)),
                    (f"{d.system} - {b.system}", compare(d, b)), (f"{e.system} - {a.system}", compare(e, a)),
-                   (f"{f.system} - {e.system}", compare(f, e))]  # fmt: skip
+                   (f"{f.system} - {e.system}", compare(f, e)), (f"{c.system} - {b2.system}", compare(c, b2)),
+                   (f"{g.system} - {b2.system}", compare(g, b2))]  # fmt: skip
+    tuned_slots = llm_rank.slot_rows(scores["tuned"]["valid"], scores["tuned"]["test"], "fine-tuned")[1]
     rows = [{**r.row(), "train_seconds": round(trained["train_seconds"], 1) if r in (c, d, f) else None}
             for r in results]  # fmt: skip
     ratio = d.metrics()["ndcg@10"] / a.metrics()["ndcg@10"] if a.metrics()["ndcg@10"] else float("nan")
@@ -150,11 +155,18 @@ def report(work: Path, ft_dir: Path) -> None:
         f"(e), (f): {llm_rank.LEARNED_NOTE} Weights (e) {fitted['priors']['weights']}; (f) {fitted['llm']['weights']}; "
         f"(e)/(a) = {e.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}, "
         f"(f)/(a) = {f.metrics()['ndcg@10'] / a.metrics()['ndcg@10']:.3f}.",
+        "(b'): "
+        + llm_rank.SLOT_NOTE.format(summary="zero-shot: " + slots["position_bias_summary"])
+        + f" Fine-tuned (shuffled letters in training): {tuned_slots['position_bias_summary']}.",
+        f"(g): {llm_rank.CONTENT_NOTE} Weights {fitted_content['content']['weights']}. (b) draws its value from the "
+        "letter order (the retriever's), which training with shuffled letters removes by design; (c) vs (b') compares "
+        "what each model says about the items.",
     ]
     extra = {"train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason", "examples", "device",
                                                "valid_curve", "config")},
              "valid_ndcg@10_by_weight": {"zero-shot": tried_zero, "fine-tuned": tried_tuned},
-             "ndcg@10_ratio_d_over_a": ratio, "learned_fusion": fitted}  # fmt: skip
+             "ndcg@10_ratio_d_over_a": ratio, "learned_fusion": fitted, "content_fusion": fitted_content,
+             "position_bias": {"zero-shot": slots, "fine-tuned": tuned_slots}}  # fmt: skip
     written = write_report(RESULTS / "finetune", rows, title="Fine-tuned LLM stage, ML-100K (test)", results=results,
                            comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
     print("\n".join(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}" for r in rows))

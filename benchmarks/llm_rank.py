@@ -249,21 +249,51 @@ def _llm_scores(work: dict, scores: dict, split: str, shifts: int, sc=None):
     return out
 
 
-def learned_rows(valid, test, sc, llm: str, tags: tuple[str, str] = ("", "")) -> tuple[dict, dict]:
-    """Learned fusions (ragrec.inference.fusion) fitted on the validation scores, scored on the test
-    ones: the retriever + item priors without the LLM, then with the ``llm``'s score too."""
+def fitted_rows(valid, test, sc, specs: list[tuple[str, str, list[str]]]) -> tuple[dict, dict]:
+    """Learned fusions (ragrec.inference.fusion) fitted on the validation scores and scored on the
+    test ones, one per ``(label, key, feature names)``: (systems by label, fitted models by key)."""
     from ragrec.eval.llm import fit_learned_fusion, split_priors
-    from ragrec.inference.fusion import FEATURES
 
     priors = {s: split_priors(sc, s) for s in ("valid", "test")}
     systems, fitted = {}, {}
-    for label, key, names in ((f"{tags[0]}retriever + item priors, learned fusion (no LLM)", "priors",
-                               [n for n in FEATURES if n != "llm"]),
-                              (f"{tags[1]}{llm} + retriever + item priors, learned fusion", "llm", list(FEATURES))):  # fmt: skip
+    for label, key, names in specs:
         fusion = fit_learned_fusion(valid, priors["valid"], names)
         systems[label] = [fusion.score(x) for x in test.fusion_rows(priors["test"], names)]
         fitted[key] = fusion.model_dump()
     return systems, fitted
+
+
+def learned_rows(valid, test, sc, llm: str, tags: tuple[str, str] = ("", "")) -> tuple[dict, dict]:
+    """The retriever + item priors without the LLM, then with the ``llm``'s score too."""
+    from ragrec.inference.fusion import FEATURES
+
+    return fitted_rows(valid, test, sc, [(f"{tags[0]}retriever + item priors, learned fusion (no LLM)", "priors",
+                                          [n for n in FEATURES if n != "llm"]),
+                                         (f"{tags[1]}{llm} + retriever + item priors, learned fusion", "llm",
+                                          list(FEATURES))])  # fmt: skip
+
+
+def content_rows(valid, test, sc, tag: str = "") -> tuple[dict, dict]:
+    """Item priors alone (no retriever, no LLM): how well the attributes a prompt shows (popularity
+    aside: titles, categories, years) can order the candidates, i.e. the most a position-neutral LLM
+    could get from matching them without knowing which items go together."""
+    from ragrec.inference.fusion import FEATURES
+
+    names = [n for n in FEATURES if n not in ("llm", "retriever")]
+    return fitted_rows(valid, test, sc, [(f"{tag}item priors alone, learned (no retriever, no LLM)", "content",
+                                          names)])  # fmt: skip
+
+
+def slot_rows(valid, test, llm: str, tag: str = "") -> tuple[dict, dict]:
+    """The LLM's scores with each slot's mean validation score removed (ragrec.eval.llm.slot_calibrated),
+    and the position bias of the raw scores on the test users."""
+    import dataclasses
+
+    from ragrec.eval.llm import slot_bias, slot_calibrated
+
+    bias = slot_bias(test)
+    return ({f"{tag}{llm}, slot-calibrated on valid (position-neutral)": slot_calibrated(test, valid)},
+            {"position_bias": dataclasses.asdict(bias), "position_bias_summary": bias.summary()})  # fmt: skip
 
 
 LEARNED_NOTE = (
@@ -272,6 +302,19 @@ LEARNED_NOTE = (
     "retriever's score, log popularity (train split for validation, train + valid for test), category match with "
     "the last 20 history items, year offset and gap, and with the LLM its score. The row with the LLM minus the "
     "row without it is what the LLM adds beyond cheap item priors."
+)
+
+SLOT_NOTE = (
+    "Position bias: the candidates are shown in the retriever's order (A = its best), and {summary}. A model that "
+    "prefers early letters ranks like the retriever without judging the items. The slot-calibrated row subtracts each "
+    "slot's mean LLM score over the validation users (ragrec.eval.llm.slot_calibrated): what the model says about "
+    "the items themselves; a random order of the 20 candidates scores about candidate recall@20 x 0.227."
+)
+CONTENT_NOTE = (
+    "Item priors alone: the learned fusion over popularity, category match and year offset/gap, without the "
+    "retriever's score or the LLM: what a linear ranker gets from the attributes the prompt shows (categories, "
+    "years; popularity stands for the titles a model may know). A position-neutral LLM that only matches those "
+    "attributes is about this good; beating it needs knowing which items go together."
 )
 
 
@@ -297,8 +340,10 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
         extra[f"valid_ndcg@10_by_weight_{shifts}perm"] = tried
     sc = _scenario()
     valid, test = (_llm_scores(work, scores, s, 1, sc) for s in ("valid", "test"))
+    calibrated, extra["slots"] = slot_rows(valid, test, "zero-shot SmolLM2-135M")
+    content, extra["content_fusion"] = content_rows(valid, test, sc)
     learned, extra["learned_fusion"] = learned_rows(valid, test, sc, "zero-shot SmolLM2-135M")
-    results += llm_results(test, learned)
+    results += llm_results(test, {**calibrated, **content, **learned})
     base = results[0]
     comparisons = [(f"{r.system} - {base.system}", compare(r, base)) for r in results[1:]]
     comparisons.append((f"{results[-1].system} - {results[-2].system}", compare(results[-1], results[-2])))
@@ -311,6 +356,8 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
         f"{len(scores['valid_rows'])} validation users (for the fusion weight), sampled with seed 0; "
         f"LLM scoring on {scores['device']} ({scores['dtype']}).",
         LEARNED_NOTE + f" Weights: {extra['learned_fusion']}.",
+        SLOT_NOTE.format(summary=extra["slots"]["position_bias_summary"]),
+        CONTENT_NOTE + f" Weights: {extra['content_fusion']['content']['weights']}.",
     ]
     if gen_path.is_file():
         g = json.loads(gen_path.read_text())

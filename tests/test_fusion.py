@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from conftest import hash_embedder, tiny_scenario
 from ragrec.errors import RagrecError
-from ragrec.eval.llm import LLMScores, llm_results
+from ragrec.eval.llm import LLMScores, llm_results, slot_bias, slot_calibrated
 from ragrec.inference import FEATURES, FusionModel, ItemPriors, Recommender, RecommenderConfig, fit_fusion, load_model
 from ragrec.types import Item
 
@@ -22,9 +22,9 @@ CATALOG = {
 
 
 def test_features_match_hand_computation():
-    priors = ItemPriors.from_histories(CATALOG, [["a", "b"], ["a"], ["a", "c"]], max_history=2)
+    priors = ItemPriors.from_histories(CATALOG, [["a", "b"], ["a"], ["a", "c"]])
     x = priors.features(["b", "a", "a"], ["a", "b", "c", "d"], np.array([1.0, 2.0, 3.0, 4.0]),
-                        np.array([0.0, 0.0, 0.0, 1.0]))  # fmt: skip
+                        np.array([0.0, 0.0, 0.0, 1.0]), max_history=2)  # fmt: skip
     cols = dict(zip(FEATURES, x.T))
     sd = np.std([1, 2, 3, 4])
     assert cols["retriever"] == pytest.approx((np.array([1, 2, 3, 4]) - 2.5) / sd)
@@ -80,6 +80,32 @@ def test_llm_results_accept_per_user_scores():
         scores.fusion_rows(ItemPriors(CATALOG, {}), ["retriever"])
 
 
+def test_slot_bias_and_calibration_separate_position_from_content():
+    """A model that prefers the first slot by 5 nats: it always "chooses" slot 0; its content signal
+    (+1 for the target, shown in slot 2) appears once each slot's mean over other users is removed."""
+    rng = np.random.default_rng(0)
+
+    def scores(n: int, with_target: bool) -> LLMScores:
+        llm = []
+        for _ in range(n):
+            s = rng.normal(0, 0.1, 4) + np.array([5.0, 0, 0, 0])
+            s[2] += 1.0 if with_target else 0.0
+            llm.append(s)
+        llm.append(np.zeros(4))  # a user retrieved_only scoring skipped: ignored
+        return LLMScores("d", "x", [str(j) for j in range(n + 1)], [list("abcd")] * (n + 1),
+                         [np.zeros(4)] * (n + 1), llm, np.array([2] * n + [-1]))  # fmt: skip
+
+    reference, test = scores(50, False), scores(20, True)
+    bias = slot_bias(test)
+    assert bias.users == 20 and bias.top_slot_share[0] == 1.0 and "100%" in bias.summary()
+    assert bias.mean_score[0] > 4 > bias.mean_score[1]
+    assert list(test.ranks(0.0)[:20]) == [2] * 20  # uncalibrated: the target is second, behind slot 0
+    calibrated = slot_calibrated(test, reference)
+    assert list(test.ranks(calibrated)[:20]) == [1] * 20
+    short = LLMScores("d", "x", ["u"], [list("abcdef")], [np.zeros(6)], [np.arange(6.0)], np.array([0]))
+    assert np.allclose(slot_calibrated(short, reference)[0][4:], [4, 5])  # slots the reference lacks: unchanged
+
+
 def test_recommender_serves_a_saved_fusion(tiny_lm_dir, tmp_path):
     loaded = load_model(str(tiny_lm_dir), device="cpu")
     sc = tiny_scenario()
@@ -91,6 +117,15 @@ def test_recommender_serves_a_saved_fusion(tiny_lm_dir, tmp_path):
     back = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "rec"), loaded=loaded, embedder=hash_embedder)
     assert back.scenario().config.fusion == sc.config.fusion
     assert back.recommend("u2", k=6).item_ids == out.item_ids
+    # A fusion replaced in a live process is served with its own history window (priors are shared).
+    for window in (1, 20):
+        sc.config.fusion = FusionModel(weights={"category_match": 1.0, "year_gap": -0.5, "llm": 1e-6},
+                                       max_history=window)  # fmt: skip
+        got = rec.recommend("u2", k=6)
+        history = rec.scenario().histories["u2"].item_ids
+        ids = list(got.item_ids)
+        want = sc.priors.features(history, ids, np.zeros(len(ids)), np.zeros(len(ids)), sc.config.fusion.names, window)
+        assert [x.score for x in got.items] == pytest.approx(list(sc.config.fusion.score(want)), abs=1e-5)
 
 
 def test_choose_fusion_keeps_a_learned_fusion_only_when_it_wins_out_of_sample():

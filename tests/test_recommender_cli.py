@@ -74,6 +74,17 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
     assert again.recommend(report.recommendations[0].user_id, k=3).item_ids == report.recommendations[0].item_ids
 
 
+def test_auto_retriever_picks_by_catalog_size():
+    from ragrec.errors import RagrecError
+    from ragrec.pipeline import EASE_MAX_ITEMS, resolve_retriever
+
+    assert resolve_retriever("auto", EASE_MAX_ITEMS) == "ease"
+    assert resolve_retriever("auto", EASE_MAX_ITEMS + 1) == "sasrec"
+    assert resolve_retriever("popularity", 10**6) == "popularity"
+    with pytest.raises(RagrecError, match="valid: auto, ease, sasrec, popularity"):
+        resolve_retriever("bm25", 5)
+
+
 def test_recommender_build_and_add_a_scenario(tmp_path, tiny_lm_dir):
     from conftest import movie_data
 
@@ -84,9 +95,12 @@ def test_recommender_build_and_add_a_scenario(tmp_path, tiny_lm_dir):
                              "--item-noun", "movie", "--no-text", "--model", str(tiny_lm_dir))  # fmt: skip
     assert code == 0, err
     code, out, err = run_cli("recommender", "build", str(second), "--out", str(tmp_path / "rec2"), "--scenario",
-                             "games", "--no-text", "--add-to", str(rec))  # fmt: skip
+                             "games", "--no-text", "--add-to", str(rec), "--encoder", "sasrec")  # fmt: skip
     assert code == 0, err
     assert "['movies', 'games']" in out
+    kinds = [json.loads((tmp_path / "rec2" / "scenarios" / s / "retriever" / "encoder" / "encoder.json").read_text())
+             ["kind"] for s in ("movies", "games")]  # fmt: skip
+    assert kinds == ["ease", "sasrec"]  # auto: EASE for a small catalog
     code, _, err = run_cli("recommender", "build", str(second), "--out", str(tmp_path / "rec3"), "--scenario",
                            "games", "--no-text", "--add-to", str(tmp_path / "rec2"))  # fmt: skip
     assert code == 2 and "already has scenario 'games'" in err

@@ -232,13 +232,23 @@ def test_retriever_fallbacks_and_errors(walk_data, sasrec, tmp_path):
     with pytest.raises(RagrecError, match="either users or histories"):
         retriever.retrieve(k=3)
     retriever.save(tmp_path / "r")
+    assert not (tmp_path / "r" / "index").exists()  # exact index over the encoder's items: rebuilt at load
     back = Retriever.load(tmp_path / "r")
     assert back.retrieve(["u1"], k=5)[0].item_ids == known.item_ids
-    # An index built by another encoder state is refused.
-    other = Retriever.build(PopularityEncoder.fit(walk_data), walk_data)
-    other.index.save(tmp_path / "r" / "index")
+    assert back.index.encoder == retriever.index.encoder
+    # Any other index is stored; one built by another encoder state is refused.
+    hnsw = Retriever.build(enc, walk_data, factory="HNSW8")
+    hnsw.save(tmp_path / "h")
+    assert (tmp_path / "h" / "index").is_dir()
+    assert Retriever.load(tmp_path / "h").retrieve(["u1"], k=5)[0].item_ids == hnsw.retrieve(["u1"], k=5)[0].item_ids
+    other = Retriever.build(PopularityEncoder.fit(walk_data), walk_data, factory="HNSW8")
+    other.index.save(tmp_path / "h" / "index")
     with pytest.raises(CacheError, match="built by encoder"):
-        Retriever.load(tmp_path / "r")
+        Retriever.load(tmp_path / "h")
+    # An index changed after building (an item removed) is no longer the encoder's: it is stored.
+    retriever.index.remove([retriever.index.item_ids[0]])
+    retriever.save(tmp_path / "r2")
+    assert (tmp_path / "r2" / "index").is_dir() and len(Retriever.load(tmp_path / "r2").index) == len(enc.item_ids) - 1
 
 
 def test_two_stage_eval_counts_misses(walk_data, sasrec):

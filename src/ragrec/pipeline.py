@@ -17,7 +17,19 @@ from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
 
-__all__ = ["build_scenario", "run_demo", "DemoReport"]
+__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "EASE_MAX_ITEMS", "resolve_retriever"]
+
+SCENARIO_RETRIEVERS = ("auto", "ease", "sasrec", "popularity")
+EASE_MAX_ITEMS = 20_000  # "auto" picks EASE up to this catalog size (its N x N float64 Gram: 3.2 GB), SASRec above
+
+
+def resolve_retriever(name: str, n_items: int) -> str:
+    """The retriever ``name`` of :data:`SCENARIO_RETRIEVERS` stands for over a catalog of ``n_items``."""
+    if name not in SCENARIO_RETRIEVERS:
+        raise RagrecError(f"unknown scenario encoder {name!r}; valid: {', '.join(SCENARIO_RETRIEVERS)}")
+    if name == "auto":
+        return "ease" if n_items <= EASE_MAX_ITEMS else "sasrec"
+    return name
 
 
 def build_scenario(
@@ -25,27 +37,32 @@ def build_scenario(
     name: str,
     *,
     item_noun: str = "item",
-    encoder: str = "ease",
+    encoder: str = "auto",
     text: bool = True,
     embedder=None,
     factory: str = "Flat",
+    progress: bool = True,
 ):
     """A :class:`~ragrec.inference.Scenario` over ``data`` (which needs a split).
 
     ``encoder``: ``ease`` (recency-weighted EASE, l2 1000, decay 0.8: the setting chosen on
-    ML-100K validation) or ``popularity``; ``text`` adds a MiniLM text encoder for chat queries.
+    ML-100K validation; a dense N x N model), ``sasrec`` (trained on the train split with early
+    stopping on validation, then refitted with it; any catalog size), ``popularity``, or ``auto``:
+    EASE up to :data:`EASE_MAX_ITEMS` items, SASRec above. ``text`` adds a MiniLM text encoder
+    for chat queries.
     """
     from ragrec.inference import Scenario, ScenarioConfig
-    from ragrec.retrieval import EASEConfig, EASEEncoder, PopularityEncoder, Retriever, TextEncoder
+    from ragrec.retrieval import EASEConfig, EASEEncoder, PopularityEncoder, Retriever, SASRecEncoder, TextEncoder
 
     if not data.has_split:
         raise RagrecError(f"dataset {data.name!r} has no split; prepare it with one")
+    encoder = resolve_retriever(encoder, len(data.item_ids()))
     if encoder == "ease":
         enc = EASEEncoder.fit(data, EASEConfig(l2=1000.0, decay=0.8), splits=(S.TRAIN,))
-    elif encoder == "popularity":
-        enc = PopularityEncoder.fit(data)
+    elif encoder == "sasrec":
+        enc, _ = SASRecEncoder.fit(data, progress=progress)
     else:
-        raise RagrecError(f"unknown scenario encoder {encoder!r}; valid: ease, popularity")
+        enc = PopularityEncoder.fit(data)
     retriever = Retriever.build(enc, data, factory=factory, scenario=name)
     text_enc = TextEncoder.fit(data, embedder=embedder) if text else None
     return Scenario(ScenarioConfig(name=name, item_noun=item_noun), data, retriever, text_enc)

@@ -46,7 +46,9 @@ def build_cmd(
     out: Annotated[Path, typer.Option(help="Folder to save the recommender to.")],
     scenario: Annotated[str, typer.Option(help="Scenario name.")] = "default",
     item_noun: Annotated[str, typer.Option(help="What the catalog holds: movie, game, product...")] = "item",
-    encoder: Annotated[str, typer.Option(help="Retriever: ease | popularity.")] = "ease",
+    encoder: Annotated[
+        str, typer.Option(help="Retriever: auto (EASE up to 20,000 items, SASRec above) | ease | sasrec | popularity.")
+    ] = "auto",
     text: Annotated[bool, typer.Option(help="Embed item texts (MiniLM) for chat queries.")] = True,
     model: Annotated[str, typer.Option(help="Base LM (alias, Hub id, folder, .gguf).")] = "smollm2-135m-instruct",
     quantization: Annotated[str, typer.Option(help="none | 8bit | 4bit.")] = "none",
@@ -56,10 +58,11 @@ def build_cmd(
     from ragrec.data import load_prepared
     from ragrec.errors import RagrecError
     from ragrec.inference.recommender import RecommenderConfig, load_parts, save_recommender
-    from ragrec.pipeline import build_scenario
+    from ragrec.pipeline import build_scenario, resolve_retriever
 
-    with console.status(f"training the {encoder} retriever on {dataset}..."):
-        sc = build_scenario(load_prepared(dataset), scenario, item_noun=item_noun, encoder=encoder, text=text)
+    data = load_prepared(dataset)
+    with console.status(f"training the {resolve_retriever(encoder, len(data.item_ids()))} retriever on {dataset}..."):
+        sc = build_scenario(data, scenario, item_noun=item_noun, encoder=encoder, text=text, progress=False)
     scenarios, config = [sc], RecommenderConfig(model=model, quantization=quantization)
     if add_to is not None:
         config, existing = load_parts(add_to)
@@ -202,6 +205,8 @@ def eval_llm_cmd(
         llm_results,
         sample_users,
         score_llm,
+        slot_bias,
+        slot_calibrated,
         split_priors,
     )
     from ragrec.eval.report import compare, write_report
@@ -222,23 +227,34 @@ def eval_llm_cmd(
         systems[f"retriever + {llm}, fused (w={weight:g} on valid)"] = weight
         extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
     test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
+    bias = slot_bias(test)
+    extra["position_bias"] = dataclasses.asdict(bias)
+    console.print(f"position bias: {bias.summary()}")
+    if tune_users:  # the LLM's own judgement of the items, its preference for early letters removed
+        systems[f"retriever + {llm}, slot-calibrated on valid"] = slot_calibrated(test, valid)
     if tune_users and learned_fusion:
-        priors = {split: split_priors(sc, split, rec.config.max_history) for split in (S.VALID, S.TEST)}
+        priors = {split: split_priors(sc, split) for split in (S.VALID, S.TEST)}
+        window = rec.config.max_history
         for label, names in (("item priors, no LLM", [n for n in FEATURES if n != "llm"]), (llm, list(FEATURES))):
             try:
-                fusion = fit_learned_fusion(valid, priors[S.VALID], names)
+                fusion = fit_learned_fusion(valid, priors[S.VALID], names, max_history=window)
             except RagrecError as e:  # too few validation targets retrieved: reported, not hidden
                 extra[f"learned_fusion ({label})"] = f"not fitted: {e}"
                 console.print(f"[yellow]learned fusion ({label}) not fitted: {e}[/yellow]")
                 continue
             systems[f"learned fusion: retriever + {label}"] = [
-                fusion.score(x) for x in test.fusion_rows(priors[S.TEST], names)
+                fusion.score(x) for x in test.fusion_rows(priors[S.TEST], names, window)
             ]
             extra[f"learned_fusion ({label})"] = fusion.model_dump()
     results = llm_results(test, systems)
     comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
+    notes = [f"Position bias (candidates are shown in the retriever's order): {bias.summary()}; share of top "
+             f"choices per slot in the JSON."]  # fmt: skip
+    if tune_users:
+        notes.append("Slot-calibrated: the LLM's scores minus the mean score of each slot over the validation users, "
+                     "i.e. what the model says about the items rather than where they were shown.")  # fmt: skip
     written = write_report(out, [r.row() for r in results], title=f"LLM stage on {sc.data.name} (test)",
-                           results=results, comparisons=comparisons, extra=extra)  # fmt: skip
+                           results=results, comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
     for r in results:
         console.print(f"{r.system}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.metrics().items()))
     console.print("wrote " + ", ".join(str(p) for p in written.values()))

@@ -9,6 +9,7 @@ against it. One LLM pass serves every fusion weight: ``score = z(llm) + w * z(re
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ __all__ = [
     "sample_users",
     "split_priors",
     "fit_learned_fusion",
+    "SlotBias",
+    "slot_bias",
+    "slot_calibrated",
 ]
 
 
@@ -73,11 +77,11 @@ class LLMScores:
         return LLMScores(self.dataset, self.split, pick(self.users), pick(self.candidates), pick(self.retriever),
                          pick(self.llm), self.target_pos[np.asarray(rows, dtype=int)], pick(self.histories))  # fmt: skip
 
-    def fusion_rows(self, priors: ItemPriors, names: Sequence[str]) -> list[np.ndarray]:
+    def fusion_rows(self, priors: ItemPriors, names: Sequence[str], max_history: int = 20) -> list[np.ndarray]:
         """(C, F) learned-fusion features per user (needs ``histories``)."""
         if len(self.histories) != len(self.users):
             raise RagrecError("these scores carry no histories: the fusion's priors need them")
-        return [priors.features(h, c, r, s, names) for h, c, r, s in
+        return [priors.features(h, c, r, s, names, max_history) for h, c, r, s in
                 zip(self.histories, self.candidates, self.retriever, self.llm)]  # fmt: skip
 
 
@@ -138,24 +142,31 @@ def choose_fusion_weight(scores: LLMScores, grid: Sequence[float] = (0, 0.25, 0.
     return best, tried
 
 
-def split_priors(sc, split: str, max_history: int = 20) -> ItemPriors:
+def split_priors(sc, split: str) -> ItemPriors:
     """Item priors from the interactions a model evaluated on ``split`` may see (PROTOCOL.md):
     train for ``valid``, train + valid for ``test``."""
     seen = (S.TRAIN,) if split == S.VALID else (S.TRAIN, S.VALID)
     hist = sc.data.histories(splits=seen) if sc.data.has_split else sc.histories
-    return ItemPriors.from_histories(sc.catalog, (h.item_ids for h in hist.values()), max_history)
+    return ItemPriors.from_histories(sc.catalog, (h.item_ids for h in hist.values()))
 
 
-def fit_learned_fusion(valid: LLMScores, priors: ItemPriors, names: Sequence[str], l2: float = 1e-2) -> FusionModel:
-    """A :class:`~ragrec.inference.fusion.FusionModel` fitted on validation scores."""
-    model = fit_fusion(valid.fusion_rows(priors, names), valid.target_pos, names, l2=l2,
-                       max_history=priors.max_history)  # fmt: skip
+def fit_learned_fusion(
+    valid: LLMScores, priors: ItemPriors, names: Sequence[str], l2: float = 1e-2, max_history: int = 20
+) -> FusionModel:
+    """A :class:`~ragrec.inference.fusion.FusionModel` fitted on validation scores, its priors
+    reading the last ``max_history`` history items."""
+    model = fit_fusion(valid.fusion_rows(priors, names, max_history), valid.target_pos, names, l2=l2,
+                       max_history=max_history)  # fmt: skip
     model.fitted_on.update({"split": valid.split, "dataset": valid.dataset})
     return model
 
 
 def choose_fusion(
-    valid: LLMScores, priors: ItemPriors, names: Sequence[str] = tuple(FEATURES), seed: int = 0
+    valid: LLMScores,
+    priors: ItemPriors,
+    names: Sequence[str] = tuple(FEATURES),
+    seed: int = 0,
+    max_history: int = 20,
 ) -> tuple[float, FusionModel | None, dict]:
     """How to fuse the LLM with the retriever, decided on validation scores: the fusion weight of
     :func:`choose_fusion_weight`, and a learned fusion kept only if it beats that weight out of
@@ -163,7 +174,7 @@ def choose_fusion(
     when kept). Returns ``(weight, fusion or None, report)``."""
     weight, tried = choose_fusion_weight(valid)
     report: dict = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
-    rows = valid.fusion_rows(priors, names)
+    rows = valid.fusion_rows(priors, names, max_history)
     idx = np.random.default_rng(seed).permutation(len(valid.users))
     folds = [np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2 :])]
     ranks: dict[str, list[np.ndarray]] = {"weight": [], "learned": []}
@@ -171,7 +182,7 @@ def choose_fusion(
         for k in (0, 1):
             fit, held = folds[1 - k], folds[k]
             w, _ = choose_fusion_weight(valid.subset(fit))
-            model = fit_fusion([rows[j] for j in fit], valid.target_pos[fit], names, max_history=priors.max_history)
+            model = fit_fusion([rows[j] for j in fit], valid.target_pos[fit], names, max_history=max_history)
             part = valid.subset(held)
             ranks["weight"].append(part.ranks(w))
             ranks["learned"].append(part.ranks([model.score(rows[j]) for j in held]))
@@ -183,9 +194,67 @@ def choose_fusion(
     if oof["learned"] <= oof["weight"]:
         report["learned_fusion"] = "not kept: no better than the fusion weight out of sample"
         return weight, None, report
-    fusion = fit_learned_fusion(valid, priors, names)
+    fusion = fit_learned_fusion(valid, priors, names, max_history=max_history)
     report["learned_fusion"] = fusion.model_dump()
     return weight, fusion, report
+
+
+@dataclass(frozen=True)
+class SlotBias:
+    """How much an LLM's ranking depends on where the candidates were shown. Candidates are shown
+    in the retriever's order, so a model that prefers the first letters inherits the retriever's
+    ranking without judging the items (a small zero-shot model answering "A" for every user looks
+    like a re-ranker that agrees with the retriever). Slots are positions in the retriever's order;
+    with permutation averaging each candidate was also shown elsewhere, which dilutes the bias."""
+
+    users: int  # users with LLM scores
+    top_slot_share: list[float]  # (C,) share of users whose best-scored candidate was shown in each slot
+    mean_score: list[float]  # (C,) mean LLM score of the candidate shown in each slot
+
+    def summary(self) -> str:
+        share = self.top_slot_share
+        first = share[0] if share else 0.0
+        uniform = 1 / len(share) if share else 0.0
+        return (f"over {self.users} users the LLM's top choice was the first candidate shown for {first:.0%} "
+                f"(no position bias: {uniform:.0%})")  # fmt: skip
+
+
+def _slot_matrix(scores: LLMScores) -> np.ndarray:
+    """(U, C) LLM scores of the users that have them (``retrieved_only`` scoring leaves zeros), NaN
+    where a user had fewer candidates."""
+    width = max((len(s) for s in scores.llm), default=0)
+    rows = [np.pad(np.asarray(s, dtype=float), (0, width - len(s)), constant_values=np.nan)
+            for s in scores.llm if len(s) and np.any(np.asarray(s) != 0)]  # fmt: skip
+    return np.array(rows).reshape(len(rows), width)
+
+
+def slot_bias(scores: LLMScores) -> SlotBias:
+    """The position bias of ``scores``' LLM column (see :class:`SlotBias`)."""
+    m = _slot_matrix(scores)
+    if not len(m):
+        return SlotBias(0, [], [])
+    best = np.nanargmax(m, axis=1)
+    share = np.bincount(best, minlength=m.shape[1]) / len(m)
+    return SlotBias(len(m), [round(float(x), 4) for x in share], [round(float(x), 4) for x in np.nanmean(m, axis=0)])
+
+
+def slot_calibrated(scores: LLMScores, reference: LLMScores) -> list[np.ndarray]:
+    """Per-user LLM scores minus the mean score of their slot over the ``reference`` users
+    (contextual calibration, Zhao et al. 2021; use validation scores): a ranking by what the model
+    says about the items rather than by where they were shown. Slots the reference never filled are
+    left as they are."""
+    ref = _slot_matrix(reference)
+    with warnings.catch_warnings():  # a slot no reference user had: NaN, left uncalibrated below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(ref, axis=0) if len(ref) else np.zeros(0)
+    out = []
+    for s in scores.llm:
+        s = np.asarray(s, dtype=float)
+        shift = np.zeros(len(s))
+        n = min(len(s), len(mean))
+        shift[:n] = np.nan_to_num(mean[:n])
+        out.append(s - shift)
+    return out
 
 
 def llm_results(scores: LLMScores, systems: dict[str, float | None | Sequence[np.ndarray]]) -> list[EvalResult]:

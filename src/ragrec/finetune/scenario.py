@@ -61,7 +61,10 @@ class ScenarioSpec(BaseModel):
     split: str = Field("loo", description="loo | ratio:0.8,0.1,0.1 (PROTOCOL.md uses leave-one-out).")
     k_core: int = Field(0, ge=0, description="Users and items need at least this many interactions.")
     min_rating: float | None = Field(None, description="Drop interactions rated below this (None: keep all).")
-    retriever: Literal["ease", "popularity"] = Field("ease", description="Candidate retriever.")
+    retriever: Literal["auto", "ease", "sasrec", "popularity"] = Field(
+        "auto",
+        description="Candidate retriever; auto: EASE up to 20,000 items (a dense item x item model), SASRec above.",
+    )
     text: bool = Field(False, description="Embed item texts (MiniLM) for chat queries.")
     model: str = Field("smollm2-135m-instruct", description="Base LM the adapter is trained on.")
     recommender: dict[str, Any] = Field(default_factory=dict, description="RecommenderConfig settings.")
@@ -192,7 +195,7 @@ def run_scenario(
     from ragrec.finetune.trainer import finetune
     from ragrec.inference import RecommenderConfig, load_model
     from ragrec.inference.recommender import load_parts, save_recommender
-    from ragrec.pipeline import build_scenario
+    from ragrec.pipeline import build_scenario, resolve_retriever
     from ragrec.prompts import TemplateRegistry
 
     folder = Path(folder)
@@ -206,7 +209,7 @@ def run_scenario(
                    split=SplitConfig.parse(spec.split), save_as=folder / "prepared")  # fmt: skip
     stats = data.stats().to_dict()
     echo(f"{spec.name}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions; "
-         f"training the {spec.retriever} retriever...")  # fmt: skip
+         f"training the {resolve_retriever(spec.retriever, stats['items'])} retriever...")  # fmt: skip
     sc = build_scenario(data, spec.name, item_noun=spec.item_noun, encoder=spec.retriever, text=spec.text)
     if (folder / "templates").is_dir():
         sc.templates = TemplateRegistry().load_dir(folder / "templates")
@@ -251,7 +254,7 @@ def choose_served_fusion(rec_dir: Path, scenario: str, users: int, *, echo=print
     sc = rec.scenario(scenario)
     picked = sample_users(list(sc.data.targets(S.VALID)), users)
     valid = score_llm(rec, scenario, split=S.VALID, users=picked, retrieved_only=True, progress=progress)
-    weight, fusion, report = choose_fusion(valid, split_priors(sc, S.VALID, rec.config.max_history))
+    weight, fusion, report = choose_fusion(valid, split_priors(sc, S.VALID), max_history=rec.config.max_history)
     sc.config.fusion_weight, sc.config.fusion = weight, fusion
     save_scenario_config(rec_dir, sc.config)
     oof = report.get("out_of_sample_ndcg@10", {})

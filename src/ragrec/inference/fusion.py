@@ -45,19 +45,16 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 class ItemPriors:
     """Per-item popularity, categories and years of one catalog; builds the feature rows."""
 
-    def __init__(self, catalog: Mapping[str, Item], popularity: Mapping[str, int], max_history: int = 20) -> None:
+    def __init__(self, catalog: Mapping[str, Item], popularity: Mapping[str, int]) -> None:
         self.catalog = catalog
         self.popularity = popularity
-        self.max_history = max_history
         names = sorted({c for it in catalog.values() for c in it.categories})
         self._cat = {c: j for j, c in enumerate(names)}
 
     @classmethod
-    def from_histories(
-        cls, catalog: Mapping[str, Item], histories: Iterable[Sequence[str]], max_history: int = 20
-    ) -> ItemPriors:
+    def from_histories(cls, catalog: Mapping[str, Item], histories: Iterable[Sequence[str]]) -> ItemPriors:
         """Popularity counted over ``histories`` (use only interactions the model may see)."""
-        return cls(catalog, Counter(i for h in histories for i in h), max_history)
+        return cls(catalog, Counter(i for h in histories for i in h))
 
     def _categories(self, item_id: str) -> np.ndarray:
         v = np.zeros(len(self._cat))
@@ -73,10 +70,13 @@ class ItemPriors:
         retriever: np.ndarray,
         llm: np.ndarray | None = None,
         names: Sequence[str] = tuple(FEATURES),
+        max_history: int = 20,
     ) -> np.ndarray:
-        """(C, F) feature rows of one user's ``candidates``, columns in the order of ``names``.
-        ``llm`` may be ``None`` only when ``names`` leaves out ``"llm"``."""
-        recent = list(history)[-self.max_history :] if self.max_history else []
+        """(C, F) feature rows of one user's ``candidates``, columns in the order of ``names``; the
+        category and year priors read the last ``max_history`` history items (a fitted
+        :class:`FusionModel` says how many it was fitted with). ``llm`` may be ``None`` only when
+        ``names`` leaves out ``"llm"``."""
+        recent = list(history)[-max_history:] if max_history else []
         cols: dict[str, np.ndarray] = {}
         if "llm" in names:
             if llm is None:

@@ -132,8 +132,7 @@ class Scenario:
     @cached_property
     def priors(self) -> ItemPriors:
         """Popularity, categories and years for a learned fusion, from the known histories."""
-        max_history = self.config.fusion.max_history if self.config.fusion else 20
-        return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()), max_history)
+        return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()))
 
     @cached_property
     def matcher(self) -> TitleMatcher:
@@ -353,7 +352,8 @@ class Recommender:
             retr = np.array([c.score for c in cs])
             if sc.config.fusion is not None:
                 ids, fusion = [c.item_id for c in cs], sc.config.fusion
-                fused = fusion.score(sc.priors.features(req.history.item_ids, ids, retr, s, fusion.names))
+                rows = sc.priors.features(req.history.item_ids, ids, retr, s, fusion.names, fusion.max_history)
+                fused = fusion.score(rows)
             else:
                 fused = fuse_scores(s, retr, sc.config.fusion_weight)
             order = np.argsort(-fused, kind="stable")[:k]
