@@ -104,6 +104,8 @@ def test_slot_bias_and_calibration_separate_position_from_content():
     assert list(test.ranks(calibrated)[:20]) == [1] * 20
     short = LLMScores("d", "x", ["u"], [list("abcdef")], [np.zeros(6)], [np.arange(6.0)], np.array([0]))
     assert np.allclose(slot_calibrated(short, reference)[0][4:], [4, 5])  # slots the reference lacks: unchanged
+    with pytest.raises(RagrecError, match="no reference user"):
+        slot_calibrated(test, reference.subset([50]))  # only the unscored user
 
 
 def test_recommender_serves_a_saved_fusion(tiny_lm_dir, tmp_path):

@@ -231,7 +231,10 @@ def eval_llm_cmd(
     extra["position_bias"] = dataclasses.asdict(bias)
     console.print(f"position bias: {bias.summary()}")
     if tune_users:  # the LLM's own judgement of the items, its preference for early letters removed
-        systems[f"retriever + {llm}, slot-calibrated on valid"] = slot_calibrated(test, valid)
+        try:
+            systems[f"retriever + {llm}, slot-calibrated on valid"] = slot_calibrated(test, valid)
+        except RagrecError as e:  # no validation target retrieved: said, not hidden
+            extra["slot_calibrated"] = f"not computed: {e}"
     if tune_users and learned_fusion:
         priors = {split: split_priors(sc, split) for split in (S.VALID, S.TEST)}
         window = rec.config.max_history

@@ -242,8 +242,10 @@ def slot_calibrated(scores: LLMScores, reference: LLMScores) -> list[np.ndarray]
     """Per-user LLM scores minus the mean score of their slot over the ``reference`` users
     (contextual calibration, Zhao et al. 2021; use validation scores): a ranking by what the model
     says about the items rather than by where they were shown. Slots the reference never filled are
-    left as they are."""
+    left as they are; a reference without LLM scores raises."""
     ref = _slot_matrix(reference)
+    if not len(ref):
+        raise RagrecError("no reference user has LLM scores: nothing to calibrate the slots with")
     with warnings.catch_warnings():  # a slot no reference user had: NaN, left uncalibrated below
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(ref, axis=0) if len(ref) else np.zeros(0)
