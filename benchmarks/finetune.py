@@ -124,7 +124,7 @@ def report(work: Path, ft_dir: Path) -> None:
                    (f"{d.system} - {b.system}", compare(d, b)), (f"{e.system} - {a.system}", compare(e, a)),
                    (f"{f.system} - {e.system}", compare(f, e)), (f"{c.system} - {b2.system}", compare(c, b2)),
                    (f"{g.system} - {b2.system}", compare(g, b2))]  # fmt: skip
-    tuned_slots = llm_rank.slot_rows(scores["tuned"]["valid"], scores["tuned"]["test"], "fine-tuned")[1]
+    tuned_slots = llm_rank.bias_report(scores["tuned"]["test"])
     rows = [{**r.row(), "train_seconds": round(trained["train_seconds"], 1) if r in (c, d, f) else None}
             for r in results]  # fmt: skip
     ratio = d.metrics()["ndcg@10"] / a.metrics()["ndcg@10"] if a.metrics()["ndcg@10"] else float("nan")

@@ -284,16 +284,23 @@ def content_rows(valid, test, sc, tag: str = "") -> tuple[dict, dict]:
                                           names)])  # fmt: skip
 
 
+def bias_report(scores) -> dict:
+    """The position bias of ``scores``' LLM column (ragrec.eval.llm.slot_bias), for the JSON and notes."""
+    import dataclasses
+
+    from ragrec.eval.llm import slot_bias
+
+    bias = slot_bias(scores)
+    return {"position_bias": dataclasses.asdict(bias), "position_bias_summary": bias.summary()}
+
+
 def slot_rows(valid, test, llm: str, tag: str = "") -> tuple[dict, dict]:
     """The LLM's scores with each slot's mean validation score removed (ragrec.eval.llm.slot_calibrated),
     and the position bias of the raw scores on the test users."""
-    import dataclasses
+    from ragrec.eval.llm import slot_calibrated
 
-    from ragrec.eval.llm import slot_bias, slot_calibrated
-
-    bias = slot_bias(test)
-    return ({f"{tag}{llm}, slot-calibrated on valid (position-neutral)": slot_calibrated(test, valid)},
-            {"position_bias": dataclasses.asdict(bias), "position_bias_summary": bias.summary()})  # fmt: skip
+    calibrated = {f"{tag}{llm}, slot-calibrated on valid (position-neutral)": slot_calibrated(test, valid)}
+    return calibrated, bias_report(test)
 
 
 LEARNED_NOTE = (

@@ -76,10 +76,12 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
 
 def test_auto_retriever_picks_by_catalog_size():
     from ragrec.errors import RagrecError
-    from ragrec.pipeline import EASE_MAX_ITEMS, resolve_retriever
+    from ragrec.pipeline import resolve_retriever
+    from ragrec.retrieval import EASEConfig
 
-    assert resolve_retriever("auto", EASE_MAX_ITEMS) == "ease"
-    assert resolve_retriever("auto", EASE_MAX_ITEMS + 1) == "sasrec"
+    limit = EASEConfig().max_items  # the largest catalog EASE accepts
+    assert resolve_retriever("auto", limit) == "ease"
+    assert resolve_retriever("auto", limit + 1) == "sasrec"
     assert resolve_retriever("popularity", 10**6) == "popularity"
     with pytest.raises(RagrecError, match="valid: auto, ease, sasrec, popularity"):
         resolve_retriever("bm25", 5)

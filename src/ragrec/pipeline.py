@@ -17,18 +17,20 @@ from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
 
-__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "EASE_MAX_ITEMS", "resolve_retriever"]
+__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "resolve_retriever"]
 
 SCENARIO_RETRIEVERS = ("auto", "ease", "sasrec", "popularity")
-EASE_MAX_ITEMS = 20_000  # "auto" picks EASE up to this catalog size (its N x N float64 Gram: 3.2 GB), SASRec above
 
 
 def resolve_retriever(name: str, n_items: int) -> str:
-    """The retriever ``name`` of :data:`SCENARIO_RETRIEVERS` stands for over a catalog of ``n_items``."""
+    """The retriever ``name`` of :data:`SCENARIO_RETRIEVERS` stands for over a catalog of ``n_items``:
+    ``auto`` is EASE up to the catalog size EASE accepts (``EASEConfig.max_items``), SASRec above."""
     if name not in SCENARIO_RETRIEVERS:
         raise RagrecError(f"unknown scenario encoder {name!r}; valid: {', '.join(SCENARIO_RETRIEVERS)}")
     if name == "auto":
-        return "ease" if n_items <= EASE_MAX_ITEMS else "sasrec"
+        from ragrec.retrieval import EASEConfig  # imported here: ragrec.retrieval loads torch and faiss
+
+        return "ease" if n_items <= EASEConfig().max_items else "sasrec"
     return name
 
 
@@ -48,7 +50,7 @@ def build_scenario(
     ``encoder``: ``ease`` (recency-weighted EASE, l2 1000, decay 0.8: the setting chosen on
     ML-100K validation; a dense N x N model), ``sasrec`` (trained on the train split with early
     stopping on validation, then refitted with it; any catalog size), ``popularity``, or ``auto``:
-    EASE up to :data:`EASE_MAX_ITEMS` items, SASRec above. ``text`` adds a MiniLM text encoder
+    EASE up to ``EASEConfig.max_items`` (20,000) items, SASRec above. ``text`` adds a MiniLM text encoder
     for chat queries.
     """
     from ragrec.inference import Scenario, ScenarioConfig

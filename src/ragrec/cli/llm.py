@@ -253,7 +253,7 @@ def eval_llm_cmd(
     comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
     notes = [f"Position bias (candidates are shown in the retriever's order): {bias.summary()}; share of top "
              f"choices per slot in the JSON."]  # fmt: skip
-    if tune_users:
+    if "slot_calibrated" not in extra and tune_users:
         notes.append("Slot-calibrated: the LLM's scores minus the mean score of each slot over the validation users, "
                      "i.e. what the model says about the items rather than where they were shown.")  # fmt: skip
     written = write_report(out, [r.row() for r in results], title=f"LLM stage on {sc.data.name} (test)",

@@ -248,7 +248,7 @@ def slot_calibrated(scores: LLMScores, reference: LLMScores) -> list[np.ndarray]
         raise RagrecError("no reference user has LLM scores: nothing to calibrate the slots with")
     with warnings.catch_warnings():  # a slot no reference user had: NaN, left uncalibrated below
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(ref, axis=0) if len(ref) else np.zeros(0)
+        mean = np.nanmean(ref, axis=0)
     out = []
     for s in scores.llm:
         s = np.asarray(s, dtype=float)
