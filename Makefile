@@ -1,17 +1,23 @@
-# The two commands of the README. Each creates/updates the local virtualenv as needed.
+# The two commands of the README. Each creates/updates the local virtualenv as needed, from the
+# committed lock (lock/requirements.txt): every package is pinned, so an install cannot drift.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ragrec-installed
+LOCK := lock/requirements.txt
+# torch is pinned here, installed first and outside the lock: pip takes a CPU build where the
+# machine has one (a local wheel or an index given with PIP_EXTRA_INDEX_URL), so the lock never
+# pulls the multi-GB CUDA wheels. Override with e.g. `make TORCH=torch==2.13.0+cu128 test`.
+TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-all lint bench-data clean-venv
+.PHONY: demo test test-all lint lock bench-data clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet '$(TORCH)'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +32,13 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# Regenerate the lock from pyproject.toml's ranges (Python 3.10-3.12+, any platform; markers pick
+# per version). Needs the package index; commit the result.
+lock: $(STAMP)
+	$(PY) -m uv pip compile pyproject.toml lock/torch-deps.in --extra dev \
+		--override lock/overrides.txt --no-emit-package torch \
+		--universal --python-version 3.10 --quiet -o $(LOCK)
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/prepare_data.py

@@ -286,12 +286,10 @@ def content_rows(valid, test, sc, tag: str = "") -> tuple[dict, dict]:
 
 def bias_report(scores) -> dict:
     """The position bias of ``scores``' LLM column (ragrec.eval.llm.slot_bias), for the JSON and notes."""
-    import dataclasses
-
     from ragrec.eval.llm import slot_bias
 
     bias = slot_bias(scores)
-    return {"position_bias": dataclasses.asdict(bias), "position_bias_summary": bias.summary()}
+    return {"position_bias": bias.as_dict(), "position_bias_summary": bias.summary()}
 
 
 def slot_rows(valid, test, llm: str, tag: str = "") -> tuple[dict, dict]:

@@ -333,7 +333,7 @@ def test_two_finetuned_scenarios_in_one_process(tiny_lm_dir, tmp_path):
     folders = {}
     for name in ("films", "games"):
         inter, items = _csvs(tmp_path, movie_data(), name)
-        folders[name] = new_scenario(name, tmp_path / name, interactions=inter, items=items).parent
+        folders[name] = new_scenario(name, tmp_path / name, interactions=inter, items=items).path.parent
     # The games scenario gets its own wording: switching scenario must switch prompts too.
     rank = folders["games"] / "templates" / "rank.yaml"
     rank.write_text(rank.read_text().replace("You are a recommender system.", "You are a game shop clerk."))

@@ -33,6 +33,33 @@ def test_quantized_on_cpu_stays_close(tiny_lm_dir, quantization, linear):
     # Random tiny weights quantise coarsely; the ranking of the logits must still broadly agree.
     corr = torch.corrcoef(torch.stack([ref, got]))[0, 1]
     assert corr > 0.9, float(corr)
+    if quantization == "4bit":
+        # hidden 16 / kv 8 / intermediate 32: only gate_proj and up_proj (16 -> 32) fit the CPU kernel.
+        layers = dict(q.model.named_modules())
+        assert type(layers["model.layers.0.mlp.up_proj"]).__name__ == "Linear4bit"
+        assert type(layers["model.layers.0.self_attn.q_proj"]) is torch.nn.Linear
+        note = next(n for n in q.notes if "full precision" in n)
+        assert "10 of 14 linear layers" in note and "self_attn.q_proj (16->16)" in note
+
+
+def test_4bit_cpu_plan_and_refusal(tmp_path):
+    """A model none of whose layers fits the CPU 4-bit kernel is refused before any weight is read."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragrec.inference.models import plan_cpu_4bit
+
+    def llama(hidden: int, intermediate: int, folder: str):
+        config = LlamaConfig(vocab_size=40, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+        LlamaForCausalLM(config).save_pretrained(tmp_path / folder)
+
+    llama(8, 24, "odd")
+    with pytest.raises(RagrecError, match="none of the model's 7 linear layers"):
+        plan_cpu_4bit(str(tmp_path / "odd"))
+    llama(64, 96, "even")
+    plan = plan_cpu_4bit(str(tmp_path / "even"))
+    assert plan.output == ("lm_head",) and not plan.kept  # q/k/v/o 64 or 32 wide, MLP 96 or 64
+    assert len(plan.quantised) == 7
 
 
 def test_bad_specs(tmp_path):

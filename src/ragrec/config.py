@@ -12,9 +12,42 @@ from pydantic import BaseModel, ValidationError
 
 from ragrec.errors import DataFormatError, RagrecError
 
-__all__ = ["load_config", "parse_overrides", "model_from_yaml"]
+__all__ = ["load_config", "parse_overrides", "model_from_yaml", "validation_message"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _ragrec_model(title: str) -> type[BaseModel] | None:
+    """The ragrec pydantic model called ``title`` (the name a ValidationError carries), if any."""
+    todo, seen = list(BaseModel.__subclasses__()), set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if cls.__name__ == title and cls.__module__.startswith("ragrec"):
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def validation_message(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for a pydantic error: the model, every bad field with pydantic's reason (which
+    lists allowed values for a choice), and the valid field names when a key is unknown."""
+    model = model or _ragrec_model(error.title)
+    parts = []
+    for err in error.errors():
+        field = ".".join(map(str, err["loc"])) or "value"
+        given = (
+            f" (got {err['input']!r})"
+            if err["type"] != "extra_forbidden" and not isinstance(err["input"], dict)
+            else ""
+        )
+        parts.append(f"{field}: {err['msg']}{given}")
+    line = f"{error.title}: " + "; ".join(parts)
+    if model is not None and any(err["type"] == "extra_forbidden" for err in error.errors()):
+        line += f" (valid fields: {', '.join(model.model_fields)})"
+    return line
 
 
 def model_from_yaml(model: type[M], path: str | PathLike[str]) -> M:
@@ -27,8 +60,7 @@ def model_from_yaml(model: type[M], path: str | PathLike[str]) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise DataFormatError(path, f"{'.'.join(map(str, err['loc'])) or model.__name__}: {err['msg']}") from None
+        raise DataFormatError(path, validation_message(e, model)) from None
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -62,7 +94,4 @@ def load_config(
     try:
         return model(**values)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(map(str, err["loc"])) or "config"
-        valid = ", ".join(model.model_fields)
-        raise RagrecError(f"{model.__name__}: {field}: {err['msg']} (fields: {valid})") from None
+        raise RagrecError(validation_message(e, model)) from None

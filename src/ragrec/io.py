@@ -8,10 +8,18 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory", "sha256_file", "read_json_meta"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_directory",
+    "clean_stale",
+    "sha256_file",
+    "read_json_meta",
+]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,17 +53,64 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _writer_pid(name: str, prefix: str) -> int | None:
+    """The writer's pid in a staging/backup name ``<prefix><pid>-<random>`` (None: an old name)."""
+    head = name[len(prefix) :].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def clean_stale(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove what an interrupted :func:`atomic_directory` left beside ``path``: staging folders
+    (``.<name>.new-<pid>-*``) and backups (``.<name>.old-<pid>-*``) whose writer is no longer
+    running. A backup with no ``path`` beside it (a crash between the two renames) is renamed
+    back to ``path`` rather than removed. Names without a pid (older ragrec versions) are stale
+    once an hour old. Returns what was removed or restored."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    done = []
+    for kind in ("new", "old"):
+        prefix = f".{path.name}.{kind}-"
+        for leftover in sorted(path.parent.glob(prefix + "*")):
+            pid = _writer_pid(leftover.name, prefix)
+            if pid is not None and _pid_alive(pid):
+                continue
+            if pid is None:
+                with contextlib.suppress(OSError):
+                    if time.time() - leftover.stat().st_mtime < 3600:
+                        continue
+            if kind == "old" and not path.exists():
+                os.replace(leftover, path)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+            done.append(leftover)
+    return done
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``path`` as a whole.
 
     If the block raises, the staging folder is removed and ``path`` is left exactly as it was.
     The swap is two renames (old -> backup, staging -> path); a crash between them leaves the
-    backup beside ``path`` (named ``.<name>.old-*``), never a half-written ``path``.
+    backup beside ``path`` (named ``.<name>.old-<pid>-*``), never a half-written ``path``. A
+    process killed outright (SIGKILL) leaves its staging folder: the next write of the same
+    ``path`` removes it (:func:`clean_stale`), and restores a lone backup.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+    clean_stale(path)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-{os.getpid()}-"))
     try:
         yield staging
         for child in staging.rglob("*"):
@@ -64,7 +119,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
                     os.fsync(f.fileno())
         backup = None
         if path.exists():
-            backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-{os.getpid()}-"))
             os.rmdir(backup)
             os.replace(path, backup)
         os.replace(staging, path)

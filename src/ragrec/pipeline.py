@@ -13,13 +13,52 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
 
-__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "resolve_retriever"]
+__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "resolve_retriever", "select_ease"]
 
 SCENARIO_RETRIEVERS = ("auto", "ease", "sasrec", "popularity")
+# The grid a scenario's EASE retriever is chosen from on validation (l2 fits once each; decay only
+# weighs the query). On ML-100K's RecBole split it picks l2 300, decay 0.9 (benchmarks/results/retrieval.md).
+EASE_L2_GRID = (100.0, 300.0, 1000.0, 3000.0)
+EASE_DECAY_GRID = (0.6, 0.8, 0.9, 1.0)
+EASE_VALID_USERS = 5000  # validation users sampled (seeded) on larger datasets
+
+
+def select_ease(
+    data: InteractionData,
+    l2_grid: tuple[float, ...] = EASE_L2_GRID,
+    decays: tuple[float, ...] = EASE_DECAY_GRID,
+    *,
+    max_users: int = EASE_VALID_USERS,
+    progress: bool = False,
+):
+    """Recency EASE fitted on the train split with the (l2, decay) of the grids that scores the
+    best validation NDCG@10 (full ranking, history masked; first best on ties). Returns the
+    encoder and a report ``{"l2", "decay", "valid_ndcg@10", "valid_users", "grid": [...]}``."""
+    from ragrec.eval.llm import sample_users
+    from ragrec.eval.protocol import evaluate_encoder
+    from ragrec.retrieval import EASEConfig, EASEEncoder
+
+    users = sample_users(sorted(data.targets(S.VALID)), max_users)
+    best, grid = None, []
+    for l2 in tqdm(l2_grid, desc="EASE l2 grid", disable=not progress, leave=False):
+        base = EASEEncoder.fit(data, EASEConfig(l2=l2), splits=(S.TRAIN,))
+        for decay in decays:
+            enc = EASEEncoder(base.item_ids, base.weights, EASEConfig(l2=l2, decay=decay))
+            ndcg = evaluate_encoder(enc, data, split=S.VALID, users=users, list_k=0).metrics((10,))["ndcg@10"]
+            grid.append({"l2": l2, "decay": decay, "valid_ndcg@10": round(ndcg, 6)})
+            if best is None or ndcg > best[0]:
+                best = (ndcg, enc)
+    assert best is not None
+    ndcg, enc = best
+    report = {"l2": enc.config.l2, "decay": enc.config.decay, "valid_ndcg@10": round(ndcg, 6),
+              "valid_users": len(users), "grid": grid}  # fmt: skip
+    return enc, report
 
 
 def resolve_retriever(name: str, n_items: int) -> str:
@@ -47,27 +86,29 @@ def build_scenario(
 ):
     """A :class:`~ragrec.inference.Scenario` over ``data`` (which needs a split).
 
-    ``encoder``: ``ease`` (recency-weighted EASE, l2 1000, decay 0.8: the setting chosen on
-    ML-100K validation; a dense N x N model), ``sasrec`` (trained on the train split with early
+    ``encoder``: ``ease`` (recency-weighted EASE with l2 and decay chosen on this dataset's
+    validation targets by :func:`select_ease`, recorded in ``scenario.retriever_choice``; a dense
+    N x N model), ``sasrec`` (trained on the train split with early
     stopping on validation, then refitted with it; any catalog size), ``popularity``, or ``auto``:
     EASE up to ``EASEConfig.max_items`` (20,000) items, SASRec above. ``text`` adds a MiniLM text encoder
     for chat queries.
     """
     from ragrec.inference import Scenario, ScenarioConfig
-    from ragrec.retrieval import EASEConfig, EASEEncoder, PopularityEncoder, Retriever, SASRecEncoder, TextEncoder
+    from ragrec.retrieval import PopularityEncoder, Retriever, SASRecEncoder, TextEncoder
 
     if not data.has_split:
         raise RagrecError(f"dataset {data.name!r} has no split; prepare it with one")
     encoder = resolve_retriever(encoder, len(data.item_ids()))
     if encoder == "ease":
-        enc = EASEEncoder.fit(data, EASEConfig(l2=1000.0, decay=0.8), splits=(S.TRAIN,))
+        enc, choice = select_ease(data, progress=progress)
     elif encoder == "sasrec":
         enc, _ = SASRecEncoder.fit(data, progress=progress)
     else:
         enc = PopularityEncoder.fit(data)
     retriever = Retriever.build(enc, data, factory=factory, scenario=name)
     text_enc = TextEncoder.fit(data, embedder=embedder) if text else None
-    return Scenario(ScenarioConfig(name=name, item_noun=item_noun), data, retriever, text_enc)
+    config = ScenarioConfig(name=name, item_noun=item_noun, retriever_choice=choice if encoder == "ease" else None)
+    return Scenario(config, data, retriever, text_enc)
 
 
 def first_sentence(text: str) -> str:

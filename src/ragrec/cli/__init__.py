@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from ragrec.cli.data import app as data_app
 from ragrec.cli.finetune import finetune_cmd, scenario_app
 from ragrec.cli.llm import chat_cmd, demo_cmd, explain_cmd, recommend_cmd, recommender_app
 from ragrec.cli.retrieval import eval_app, index_app, retriever_app
+from ragrec.config import validation_message
 from ragrec.errors import RagrecError
 
 __all__ = ["app", "main"]
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False)
     except RagrecError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as e:  # a setting given on the command line that a config model rejects
+        print(f"error: {validation_message(e)}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("aborted", file=sys.stderr)

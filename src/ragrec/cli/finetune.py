@@ -42,7 +42,10 @@ def new_cmd(
     item_noun: Annotated[str, typer.Option(help="What the catalog holds: movie, game, product...")] = "item",
     column: Annotated[list[str], typer.Option(help="Interaction column for a field: user_id=uid (repeatable).")] = [],  # noqa: B006
     item_column: Annotated[list[str], typer.Option(help="Item column for a field: title=name (repeatable).")] = [],  # noqa: B006
-    datetime: Annotated[bool, typer.Option(help="Timestamps are date/time text, not unix seconds.")] = False,
+    datetime: Annotated[
+        Optional[bool],
+        typer.Option("--datetime/--unix", help="Timestamps are date/time text / unix seconds (default: guessed)."),
+    ] = None,
     root: Root = None,
     force: Annotated[bool, typer.Option(help="Replace an existing scenario folder.")] = False,
 ) -> None:
@@ -50,10 +53,13 @@ def new_cmd(
     from ragrec.finetune.scenario import new_scenario
 
     folder = _folder(name, root)
-    spec = new_scenario(name, folder, interactions=interactions, items=items, columns=_pairs(column, "--column"),
-                        item_columns=_pairs(item_column, "--item-column"), item_noun=item_noun,
-                        timestamp_format="datetime" if datetime else "unix", force=force)  # fmt: skip
-    typer.echo(f"created {folder}: edit {spec.name} (columns, split, fine-tuning) and templates/*.yaml, then run\n"
+    draft = new_scenario(name, folder, interactions=interactions, items=items, columns=_pairs(column, "--column"),
+                         item_columns=_pairs(item_column, "--item-column"), item_noun=item_noun,
+                         timestamp_format=None if datetime is None else ("datetime" if datetime else "unix"),
+                         force=force)  # fmt: skip
+    for line in draft.summary():
+        typer.echo(line)
+    typer.echo(f"created {folder}: edit {draft.path.name} (columns, split, fine-tuning) and templates/*.yaml, then run\n"
                f"  ragrec finetune --scenario {name}" + (f" --root {root}" if root else ""))  # fmt: skip
 
 

@@ -19,7 +19,10 @@ recommender_app = typer.Typer(
 
 RecDir = Annotated[Path, typer.Argument(help="Saved recommender folder (from `ragrec recommender build` or the demo).")]
 User = Annotated[Optional[str], typer.Option("--user", help="User id.")]
-History = Annotated[str, typer.Option(help="Instead of --user: comma-separated item ids, oldest first.")]
+History = Annotated[
+    Optional[str],
+    typer.Option(help="Instead of --user: comma-separated item ids, oldest first ('' = no history: popularity)."),
+]
 ScenarioOpt = Annotated[Optional[str], typer.Option(help="Scenario (default: the recommender's first).")]
 Quant = Annotated[Optional[str], typer.Option(help="Override the quantization: none | 8bit | 4bit.")]
 Device = Annotated[Optional[str], typer.Option(help="Override the device: auto | cpu | cuda.")]
@@ -32,11 +35,13 @@ def _load(path: Path, quantization: str | None, device: str | None):
     return Recommender.from_pretrained(path, **overrides)
 
 
-def _who(user: str | None, history: str) -> dict:
+def _who(user: str | None, history: str | None) -> dict:
     from ragrec.errors import RagrecError
 
-    if (user is None) == (not history):
-        raise RagrecError("pass --user or --history")
+    if user is not None and history is not None:
+        raise RagrecError("pass --user or --history, not both")
+    if user is None and history is None:
+        raise RagrecError("pass --user or --history (--history '' recommends for an empty history: popularity)")
     return {"user_id": user} if user is not None else {"history": [h.strip() for h in history.split(",") if h.strip()]}
 
 
@@ -53,6 +58,7 @@ def build_cmd(
     model: Annotated[str, typer.Option(help="Base LM (alias, Hub id, folder, .gguf).")] = "smollm2-135m-instruct",
     quantization: Annotated[str, typer.Option(help="none | 8bit | 4bit.")] = "none",
     add_to: Annotated[Optional[Path], typer.Option(help="Add the scenario to this saved recommender instead.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Train a retriever on DATASET and save a servable recommender (the LLM is loaded when serving)."""
     from ragrec.data import load_prepared
@@ -60,6 +66,8 @@ def build_cmd(
     from ragrec.inference.recommender import RecommenderConfig, load_parts, save_recommender
     from ragrec.pipeline import build_scenario, resolve_retriever
 
+    if out.exists() and not force and (add_to is None or out.resolve() != add_to.resolve()):
+        raise RagrecError(f"{out} exists; pass --force to replace it")
     data = load_prepared(dataset)
     with console.status(f"training the {resolve_retriever(encoder, len(data.item_ids()))} retriever on {dataset}..."):
         sc = build_scenario(data, scenario, item_noun=item_noun, encoder=encoder, text=text, progress=False)
@@ -76,7 +84,7 @@ def build_cmd(
 def recommend_cmd(
     rec_dir: RecDir,
     user: User = None,
-    history: History = "",
+    history: History = None,
     scenario: ScenarioOpt = None,
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
     task: Annotated[str, typer.Option(help="rank | generate.")] = "rank",
@@ -104,7 +112,7 @@ def explain_cmd(
     rec_dir: RecDir,
     item: Annotated[str, typer.Option(help="Item id to explain.")],
     user: User = None,
-    history: History = "",
+    history: History = None,
     scenario: ScenarioOpt = None,
     stream: Annotated[bool, typer.Option(help="Print the text as it is generated.")] = True,
     quantization: Quant = None,
@@ -132,7 +140,7 @@ def explain_cmd(
 def chat_cmd(
     rec_dir: RecDir,
     user: User = None,
-    history: History = "",
+    history: History = None,
     scenario: ScenarioOpt = None,
     quantization: Quant = None,
     device: Device = None,
@@ -209,6 +217,7 @@ def eval_llm_cmd(
         slot_calibrated,
         split_priors,
     )
+    from ragrec.eval.protocol import beyond_context
     from ragrec.eval.report import compare, write_report
     from ragrec.inference.fusion import FEATURES
 
@@ -228,7 +237,7 @@ def eval_llm_cmd(
         extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
     test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
     bias = slot_bias(test)
-    extra["position_bias"] = dataclasses.asdict(bias)
+    extra["position_bias"] = bias.as_dict()
     console.print(f"position bias: {bias.summary()}")
     if tune_users:  # the LLM's own judgement of the items, its preference for early letters removed
         try:
@@ -249,7 +258,7 @@ def eval_llm_cmd(
                 fusion.score(x) for x in test.fusion_rows(priors[S.TEST], names, window)
             ]
             extra[f"learned_fusion ({label})"] = fusion.model_dump()
-    results = llm_results(test, systems)
+    results = llm_results(test, systems, context=beyond_context(sc.data, S.TEST))
     comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
     notes = [f"Position bias (candidates are shown in the retriever's order): {bias.summary()}; share of top "
              f"choices per slot in the JSON."]  # fmt: skip

@@ -285,15 +285,36 @@ class InteractionData:
             )
         return out
 
-    def targets(self, split: str) -> dict[str, str]:
-        """``{user_id: item_id}`` of the held-out item of each user in ``split`` (``valid``/``test``)."""
+    def target_sets(self, split: str) -> dict[str, tuple[str, ...]]:
+        """``{user_id: (item_id, ...)}``: every held-out item of each user in ``split``
+        (``valid``/``test``), oldest first. One per user under leave-one-out; a ``ratio:`` split
+        can hold several, and each is a target (docs/evaluation.md)."""
         if split not in (S.VALID, S.TEST):
             raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
         if not self.has_split:
             raise RagrecError(f"dataset {self.name!r} has no split; prepare it with one")
         frame = self.interactions_frame()
         frame = frame[frame[S.SPLIT] == split]
-        return dict(zip(frame[S.USER_ID], frame[S.ITEM_ID]))
+        out: dict[str, list[str]] = {}
+        for user, item in zip(frame[S.USER_ID], frame[S.ITEM_ID]):
+            out.setdefault(user, []).append(item)
+        return {u: tuple(items) for u, items in out.items()}
+
+    def targets(self, split: str) -> dict[str, str]:
+        """``{user_id: item_id}`` of the held-out item of each user in ``split`` (``valid``/``test``).
+
+        For splits with one held-out item per user (leave-one-out, a peer's split file). A split
+        that holds several for some user raises :class:`RagrecError` instead of keeping one and
+        dropping the rest: use :meth:`target_sets` (the retrieval evaluation does)."""
+        sets = self.target_sets(split)
+        several = [u for u, items in sets.items() if len(items) > 1]
+        if several:
+            raise RagrecError(
+                f"split {split!r} of dataset {self.name!r} holds several items for {len(several)} users (e.g. "
+                f"{several[0]!r}: {len(sets[several[0]])}); this step needs one target per user (a leave-one-out "
+                f"split); the retrieval evaluation takes every target (docs/evaluation.md)"
+            )
+        return {u: items[0] for u, items in sets.items()}
 
     def stats(self) -> DatasetStats:
         inter = self.interactions_frame()

@@ -1,7 +1,7 @@
 """Two-stage evaluation of the LLM stage: the retriever's candidates, re-ranked by the LLM.
 
 For each evaluated user the retriever returns ``k`` candidates for their history at that point
-(PROTOCOL.md: train for ``valid``, train + valid for ``test``; seen items excluded). The target's
+(docs/evaluation.md: train for ``valid``, train + valid for ``test``; seen items excluded). The target's
 rank is its position in the re-ranked list, ``inf`` when the retriever missed it, so a re-ranker
 can only move targets the retriever found. Ranks are pessimistic: a tie with the target counts
 against it. One LLM pass serves every fusion weight: ``score = z(llm) + w * z(retriever)``.
@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from ragrec import schema as S
 from ragrec.errors import RagrecError
+from ragrec.eval.beyond import BeyondContext
 from ragrec.eval.protocol import EvalResult, eval_users
 from ragrec.inference.fusion import FEATURES, FusionModel, ItemPriors, fit_fusion
 from ragrec.inference.recommender import Recommender, fuse_scores
-from ragrec.ranking import metric_table
+from ragrec.ranking import check_finite, metric_table
 
 __all__ = [
     "LLMScores",
@@ -58,14 +59,28 @@ class LLMScores:
         for u, pos in enumerate(self.target_pos):
             if pos < 0:
                 continue
-            if weight is None:
-                out[u] = pos + 1  # the retriever's own order (its ties broken as it returned them)
-                continue
-            if isinstance(weight, (int, float)):
-                s = fuse_scores(self.llm[u], self.retriever[u], weight)
-            else:
-                s = np.asarray(weight[u])
-            out[u] = int((s >= s[pos]).sum())  # ties count against the target
+            s = self.candidate_scores(u, weight)
+            out[u] = int((s >= s[pos]).sum())  # ties count against the target, the retriever's too
+        return out
+
+    def candidate_scores(self, u: int, weight: float | None | Sequence[np.ndarray]) -> np.ndarray:
+        """User ``u``'s candidate scores under ``weight`` (see :meth:`ranks`); NaN/inf raise."""
+        if weight is None:
+            s = np.asarray(self.retriever[u], dtype=np.float64)
+        elif isinstance(weight, (int, float)):
+            check_finite(self.llm[u], f"LLM scores of user {self.users[u]!r}")
+            s = fuse_scores(self.llm[u], self.retriever[u], weight)
+        else:
+            s = np.asarray(weight[u], dtype=np.float64)
+        check_finite(s, f"candidate scores of user {self.users[u]!r}")
+        return s
+
+    def lists(self, weight: float | None | Sequence[np.ndarray]) -> list[tuple[str, ...]]:
+        """Each user's candidates re-ordered by ``weight``'s scores, best first (stable on ties)."""
+        out = []
+        for u, cands in enumerate(self.candidates):
+            s = self.candidate_scores(u, weight) if len(cands) else np.zeros(0)
+            out.append(tuple(cands[j] for j in np.argsort(-s, kind="stable")))
         return out
 
     def subset(self, rows: Sequence[int]) -> LLMScores:
@@ -143,7 +158,7 @@ def choose_fusion_weight(scores: LLMScores, grid: Sequence[float] = (0, 0.25, 0.
 
 
 def split_priors(sc, split: str) -> ItemPriors:
-    """Item priors from the interactions a model evaluated on ``split`` may see (PROTOCOL.md):
+    """Item priors from the interactions a model evaluated on ``split`` may see (docs/evaluation.md):
     train for ``valid``, train + valid for ``test``."""
     seen = (S.TRAIN,) if split == S.VALID else (S.TRAIN, S.VALID)
     hist = sc.data.histories(splits=seen) if sc.data.has_split else sc.histories
@@ -211,12 +226,30 @@ class SlotBias:
     top_slot_share: list[float]  # (C,) share of users whose best-scored candidate was shown in each slot
     mean_score: list[float]  # (C,) mean LLM score of the candidate shown in each slot
 
+    @property
+    def entropy_bits(self) -> float:
+        """Entropy of the top-choice distribution over the slots (bits)."""
+        p = np.asarray([x for x in self.top_slot_share if x > 0])
+        return float(-(p * np.log2(p)).sum()) if len(p) else 0.0
+
+    @property
+    def uniform_bits(self) -> float:
+        """The entropy with no position bias: log2 of the number of slots."""
+        return float(np.log2(len(self.top_slot_share))) if self.top_slot_share else 0.0
+
     def summary(self) -> str:
         share = self.top_slot_share
-        first = share[0] if share else 0.0
-        uniform = 1 / len(share) if share else 0.0
-        return (f"over {self.users} users the LLM's top choice was the first candidate shown for {first:.0%} "
-                f"(no position bias: {uniform:.0%})")  # fmt: skip
+        if not share:
+            return "no user has LLM scores"
+        letters = [chr(ord("A") + j) if j < 26 else str(j + 1) for j in range(len(share))]
+        top = sorted(range(len(share)), key=lambda j: -share[j])[:3]
+        shown = ", ".join(f"{letters[j]} {share[j]:.0%}" for j in top)
+        return (f"over {self.users} users the LLM's top choice by slot: {shown} (no position bias: "
+                f"{1 / len(share):.0%} each); entropy {self.entropy_bits:.2f} of {self.uniform_bits:.2f} bits")  # fmt: skip
+
+    def as_dict(self) -> dict:
+        return {"users": self.users, "top_slot_share": self.top_slot_share, "mean_score": self.mean_score,
+                "entropy_bits": round(self.entropy_bits, 4), "uniform_bits": round(self.uniform_bits, 4)}  # fmt: skip
 
 
 def _slot_matrix(scores: LLMScores) -> np.ndarray:
@@ -259,9 +292,12 @@ def slot_calibrated(scores: LLMScores, reference: LLMScores) -> list[np.ndarray]
     return out
 
 
-def llm_results(scores: LLMScores, systems: dict[str, float | None | Sequence[np.ndarray]]) -> list[EvalResult]:
+def llm_results(
+    scores: LLMScores, systems: dict[str, float | None | Sequence[np.ndarray]], context: BeyondContext | None = None
+) -> list[EvalResult]:
     """One :class:`EvalResult` per named system: ``None`` = retriever order, a number = fusion
-    weight, a list of per-user candidate scores = those scores (e.g. a learned fusion's)."""
+    weight, a list of per-user candidate scores = those scores (e.g. a learned fusion's). With
+    ``context`` the results carry the re-ranked lists for the beyond-accuracy metrics."""
     return [
         EvalResult(
             name,
@@ -274,6 +310,8 @@ def llm_results(scores: LLMScores, systems: dict[str, float | None | Sequence[np
                 "k": len(scores.candidates[0]) if scores.candidates else 0,
                 "fusion_weight": w if w is None or isinstance(w, (int, float)) else "learned",
             },
+            lists=scores.lists(w) if context is not None else None,
+            context=context,
         )  # fmt: skip
         for name, w in systems.items()
     ]

@@ -63,8 +63,11 @@ class FinetuneConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="Passes over the examples.")
     max_steps: int = Field(-1, description="Optimizer steps; overrides epochs when > 0.")
     max_minutes: float | None = Field(
-        None, gt=0, description="Stop (saving the adapter) after this much training time; reported."
-    )
+        None, gt=0, description="Time limit of the training loop, its validations and the final validation "
+        "(stopping early enough for the final one, estimated from the last); the best adapter is saved and the "
+        "stop reported. Not counted: data preparation, retriever training, example building, and the fusion "
+        "scoring that `ragrec finetune` runs after training (see fusion_users).",
+    )  # fmt: skip
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear decay, warmup below).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -81,6 +84,10 @@ class FinetuneConfig(BaseModel):
         "fused with the retriever's: a weight, or a learned fusion when it is better out of sample (0: LLM alone).",
     )
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best one is always kept).")
+    keep_checkpoints: bool = Field(
+        False, description="Keep the checkpoint folder (<adapter>.work) after a finished run; by default it is "
+        "removed once the best adapter is saved (an interrupted run keeps it for --resume).",
+    )  # fmt: skip
     logging_steps: int = Field(5, ge=1, description="Optimizer steps between loss logs.")
 
     @field_validator("mixture")

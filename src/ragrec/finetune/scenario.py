@@ -14,6 +14,7 @@ as a servable recommender folder (``<scenario>/recommender``, or added to an exi
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -30,14 +31,26 @@ from ragrec.errors import DataFormatError, RagrecError
 from ragrec.finetune.config import FinetuneConfig
 from ragrec.io import atomic_directory, atomic_write_text
 
-__all__ = ["ScenarioSpec", "new_scenario", "load_spec", "run_scenario", "guess_columns", "ScenarioRun"]
+__all__ = ["ScenarioSpec", "ScenarioDraft", "new_scenario", "load_spec", "run_scenario", "guess_columns", "ScenarioRun"]
 
 SPEC = "scenario.yaml"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Column names seen in public datasets, per ragrec field (first match wins, case-insensitive).
 GUESSES: dict[str, tuple[str, ...]] = {
     S.USER_ID: ("user_id", "userid", "user", "reviewerid", "uid", "customer_id"),
     S.ITEM_ID: ("item_id", "itemid", "item", "movieid", "movie_id", "asin", "parent_asin", "product_id", "iid"),
-    S.TIMESTAMP: ("timestamp", "time", "unixreviewtime", "ts"),
+    S.TIMESTAMP: (
+        "timestamp",
+        "time",
+        "unixreviewtime",
+        "ts",
+        "when",
+        "date",
+        "datetime",
+        "created_at",
+        "event_time",
+        "time_stamp",
+    ),
     S.RATING: ("rating", "overall", "score", "stars"),
     S.REVIEW: ("review", "reviewtext", "review_text", "text", "comment"),
     S.TITLE: ("title", "name", "product_title", "movie_title"),
@@ -55,7 +68,7 @@ class ScenarioSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Scenario name.")
+    name: str = Field(pattern=NAME_PATTERN, description="Scenario name.")
     item_noun: str = Field("item", max_length=40, description="What the catalog holds ('movie', 'game').")
     data: DataMapping = Field(description="Where the interactions and items are, and which columns are which.")
     split: str = Field("loo", description="loo | ratio:0.8,0.1,0.1 (PROTOCOL.md uses leave-one-out).")
@@ -108,6 +121,51 @@ def guess_columns(path: str | PathLike[str], fields: tuple[str, ...], given: dic
     return out
 
 
+@dataclass
+class ScenarioDraft:
+    """What ``new_scenario`` wrote and guessed: say it to the user before they fine-tune."""
+
+    path: Path  # the scenario.yaml
+    columns: dict[str, str]  # ragrec field -> interactions column
+    item_columns: dict[str, str]  # ragrec field -> items column
+    ignored: dict[str, list[str]]  # file -> columns no field was mapped to
+    timestamp_format: str | None  # None: no timestamp column (file order is the time order)
+    timestamp_guessed: bool  # the format was read off the first rows, not given
+    stats: dict[str, int]  # users, items, interactions as read
+
+    def summary(self) -> list[str]:
+        """Lines for a person: the mapping, what was ignored, how time is ordered."""
+        lines = ["interactions: " + ", ".join(f"{f} <- {c!r}" for f, c in self.columns.items())]
+        if self.item_columns:
+            lines.append("items: " + ", ".join(f"{f} <- {c!r}" for f, c in self.item_columns.items()))
+        for file, cols in self.ignored.items():
+            if cols:
+                lines.append(f"ignored in {file}: {', '.join(map(repr, cols))} (map one with --column/--item-column)")
+        if self.timestamp_format is None:
+            lines.append("no timestamp column: each user's interactions are ordered as in the file")
+        else:
+            how = "guessed from the first rows" if self.timestamp_guessed else "as given"
+            lines.append(f"timestamps: {self.columns[S.TIMESTAMP]!r} read as {self.timestamp_format} ({how})")
+        lines.append("read: " + ", ".join(f"{v} {k}" for k, v in self.stats.items()))
+        return lines
+
+
+def _guess_timestamp_format(path: Path, column: str) -> Literal["unix", "datetime"]:
+    """``unix`` when the column's first non-empty values are numbers, else ``datetime``."""
+    ext = [s for s in path.suffixes if s != ".gz"]
+    sep = "\t" if ext and ext[-1] in (".tsv", ".tab") else ","
+    with open_binary(path) as f:
+        lines = [f.readline().decode("utf-8-sig", errors="replace") for _ in range(21)]
+    rows = list(csv.DictReader([line for line in lines if line], delimiter=sep))
+    values = [str(r.get(column) or "").strip() for r in rows]
+    values = [v for v in values if v]
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return "datetime"
+    return "unix"
+
+
 def new_scenario(
     name: str,
     folder: str | PathLike[str],
@@ -117,25 +175,43 @@ def new_scenario(
     columns: dict[str, str] | None = None,
     item_columns: dict[str, str] | None = None,
     item_noun: str = "item",
-    timestamp_format: Literal["unix", "datetime"] = "unix",
+    timestamp_format: Literal["unix", "datetime"] | None = None,
     force: bool = False,
-) -> Path:
-    """Scaffold a scenario folder (see module docstring); returns its ``scenario.yaml``."""
+) -> ScenarioDraft:
+    """Scaffold a scenario folder (see module docstring) after reading both files through the
+    mapping, so that a file ``ragrec finetune`` would reject (duplicate item ids with other
+    titles, bad bytes, wrong types) is refused now. ``timestamp_format=None`` reads it off the
+    first rows. Returns what was written and guessed."""
+    from ragrec.data.loaders import load_tabular
     from ragrec.prompts import builtin_registry
     from ragrec.prompts.registry import TASKS
 
     folder = Path(folder)
     if folder.exists() and not force:
-        raise RagrecError(f"{folder} exists; pass force to replace it")
+        raise RagrecError(f"{folder} exists; pass --force (Python: force=True) to replace it")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise RagrecError(
+            f"bad scenario name {name!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
+        )
     inter_path = Path(interactions).resolve()
     inter_cols = guess_columns(inter_path, INTERACTION_FIELDS, columns, required=(S.USER_ID, S.ITEM_ID))
+    guessed = timestamp_format is None
+    if S.TIMESTAMP not in inter_cols:
+        fmt = None
+    else:
+        fmt = timestamp_format or _guess_timestamp_format(inter_path, inter_cols[S.TIMESTAMP])
     mapping = DataMapping(interactions=TableMapping(path=str(inter_path), columns=inter_cols,
-                                                   timestamp_format=timestamp_format))  # fmt: skip
+                                                   timestamp_format=fmt or "unix"))  # fmt: skip
+    ignored = {inter_path.name: [c for c in _header(inter_path) if c not in inter_cols.values()]}
+    item_cols: dict[str, str] = {}
     if items is not None:
         item_path = Path(items).resolve()
-        mapping.items = TableMapping(path=str(item_path), columns=guess_columns(item_path, ITEM_FIELDS, item_columns,
-                                                                                required=(S.ITEM_ID,)))  # fmt: skip
+        item_cols = guess_columns(item_path, ITEM_FIELDS, item_columns, required=(S.ITEM_ID,))
+        mapping.items = TableMapping(path=str(item_path), columns=item_cols)
+        ignored[item_path.name] = [c for c in _header(item_path) if c not in item_cols.values()]
     spec = ScenarioSpec(name=name, item_noun=item_noun, data=mapping)
+    data = load_tabular(mapping=mapping, name=name, scenario=name)  # what finetune will read, validated now
+    stats = data.stats()
     builtin = builtin_registry()
     with atomic_directory(folder) as staging:
         atomic_write_text(staging / SPEC, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -144,7 +220,8 @@ def new_scenario(
             tpl = builtin.get("default", task).model_copy(update={"scenario": name})
             atomic_write_text(staging / "templates" / f"{task}.yaml",
                               yaml.safe_dump(tpl.model_dump(mode="json"), sort_keys=False))  # fmt: skip
-    return folder / SPEC
+    return ScenarioDraft(folder / SPEC, inter_cols, item_cols, ignored, fmt, guessed and fmt is not None,
+                         {"users": stats.users, "items": stats.items, "interactions": stats.interactions})  # fmt: skip
 
 
 def load_spec(folder: str | PathLike[str]) -> ScenarioSpec:

@@ -20,6 +20,7 @@ scheduler, RNG and data position restored). Multi-GPU: run the same script under
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -139,17 +140,37 @@ def _time_limit(minutes: float | None):
     from transformers import TrainerCallback
 
     class TimeLimit(TrainerCallback):
-        """Stops training (and saves) once ``minutes`` of training time have passed."""
+        """Keeps the training loop, its validations and the final validation within ``minutes``.
+
+        After each optimizer step it stops training when one more step (the mean so far) plus one
+        more validation (as long as the last one took) would pass the limit; the stop itself
+        triggers the final validation and checkpoint, which the estimate already counted."""
 
         def __init__(self) -> None:
             self.start = time.perf_counter()
             self.hit = False
+            self.step_seconds: list[float] = []
+            self.eval_seconds = 0.0
+            self._last = self.start
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.start = self._last = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            runtime = (metrics or {}).get("eval_runtime")
+            if runtime is not None:
+                self.eval_seconds = float(runtime)
+            self._last = time.perf_counter()  # the next step's time starts after the validation
 
         def on_step_end(self, args, state, control, **kwargs):
-            if minutes is not None and time.perf_counter() - self.start > minutes * 60:
+            now = time.perf_counter()
+            self.step_seconds.append(now - self._last)
+            self._last = now
+            if minutes is None:
+                return control
+            mean_step = sum(self.step_seconds) / len(self.step_seconds)
+            scheduled_eval = self.eval_seconds if control.should_evaluate else 0.0  # runs after this step anyway
+            if now - self.start + scheduled_eval + mean_step + self.eval_seconds > minutes * 60:
                 self.hit = True
                 control.should_training_stop = True
                 control.should_evaluate = True
@@ -368,6 +389,8 @@ def finetune(
     )
     if trainer.is_world_process_zero():  # under `accelerate launch` one process writes the adapter
         save_adapter(model, "default", out, info)
+        if not config.keep_checkpoints:  # the best checkpoint is the saved adapter now
+            shutil.rmtree(work, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return FinetuneResult(out, info, seconds, state.global_step, stop, dict(examples.counts), notes,
                           list(state.log_history), model)  # fmt: skip

@@ -90,15 +90,23 @@ def read_adapter_info(folder: str | PathLike[str]) -> AdapterInfo | None:
         raise CacheError(f"{folder / META}: incomplete adapter metadata ({e})") from None
 
 
-def check_adapter(folder: str | PathLike[str], model=None, *, base_model: str | None = None) -> AdapterInfo | None:
+def check_adapter(
+    folder: str | PathLike[str], model=None, *, base_model: str | None = None, require_meta: bool = False
+) -> AdapterInfo | None:
     """Refuse an adapter folder that is incomplete, damaged, or trained on another base model.
 
-    Returns its metadata (``None`` for a plain peft folder, which is accepted as it is)."""
+    Returns its metadata (``None`` for a plain peft folder, which is accepted as it is unless
+    ``require_meta``: a folder that ragrec saved with metadata must still have it)."""
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise RagrecError(f"{folder}: not a LoRA adapter folder (no adapter_config.json)")
+    read_json_meta(folder / "adapter_config.json", "peft adapter")  # garbage -> CacheError, not a peft traceback
     info = read_adapter_info(folder)
     if info is None:
+        if require_meta:
+            raise CacheError(
+                f"{folder}: {META} missing (the adapter was saved with it; its checksum cannot be checked)"
+            )
         return None
     if not (folder / WEIGHTS).is_file():
         raise CacheError(f"{folder}: adapter weights {WEIGHTS} missing")

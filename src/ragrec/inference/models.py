@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import re
 import shutil
 import socket
 import sys
@@ -38,6 +40,8 @@ __all__ = [
     "PLAIN_TEMPLATE",
     "LoadedModel",
     "load_model",
+    "plan_cpu_4bit",
+    "QuantizationPlan",
     "resolve_model",
     "convert_gguf",
     "DEFAULT_MODEL",
@@ -233,14 +237,18 @@ def resolve_model(spec: str) -> tuple[str, str]:
     return spec, "Hugging Face Hub id"
 
 
-def _quantization_config(quantization: str, compute_dtype: Any) -> Any:
+# bitsandbytes' CPU 4-bit kernel (0.49+, on processors with AVX512-BF16) packs each weight in
+# blocks of 32 output features and pairs of input features, and asserts on anything else.
+CPU_4BIT_BLOCK_OUT = 32
+CPU_4BIT_BLOCK_IN = 2
+
+
+def _quantization_config(quantization: str, compute_dtype: Any, skip_modules: list[str] | None = None) -> Any:
     if quantization == "none":
         return None
     if quantization not in ("8bit", "4bit"):
         raise RagrecError(f"unknown quantization {quantization!r}; valid: none, 8bit, 4bit")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("bitsandbytes") is None:  # checked without importing it (slow, noisy)
         raise RagrecError("8bit/4bit quantization needs bitsandbytes: pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
 
@@ -251,7 +259,64 @@ def _quantization_config(quantization: str, compute_dtype: Any) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=skip_modules,
     )
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """Which linear layers of a model a 4-bit CPU load quantises and which stay in full precision.
+
+    ``kept`` lists ``(module name, in_features, out_features)`` of the layers whose widths the CPU
+    kernel cannot take (out_features not a multiple of 32 or in_features odd); ``quantised`` names
+    the others. The output embedding is never quantised (transformers' rule), so it is in neither."""
+
+    quantised: tuple[str, ...]
+    kept: tuple[tuple[str, int, int], ...]
+    output: tuple[str, ...]
+
+    def skip_modules(self) -> list[str]:
+        """Exact-name patterns for ``BitsAndBytesConfig.llm_int8_skip_modules``."""
+        return [re.escape(name) for name in (*self.output, *(k[0] for k in self.kept))]
+
+    def note(self) -> str:
+        shown = ", ".join(f"{n} ({i}->{o})" for n, i, o in self.kept[:6])
+        more = f" and {len(self.kept) - 6} more" if len(self.kept) > 6 else ""
+        return (f"4-bit on the CPU: {len(self.kept)} of {len(self.kept) + len(self.quantised)} linear layers stay in "
+                f"full precision (the CPU kernel needs out_features divisible by {CPU_4BIT_BLOCK_OUT} and even "
+                f"in_features): {shown}{more}")  # fmt: skip
+
+
+def plan_cpu_4bit(where: str, *, trust_remote_code: bool = False) -> QuantizationPlan:
+    """Inspect the model at ``where`` (built on the meta device: no weights are read) and split its
+    linear layers into those the bitsandbytes CPU 4-bit kernel can take and those it cannot.
+
+    Raises :class:`RagrecError` when no layer can be quantised, before any weight is loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    out_emb = skeleton.get_output_embeddings()
+    quantised, kept, output = [], [], []
+    for name, module in skeleton.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if module is out_emb:
+            output.append(name)
+        elif module.out_features % CPU_4BIT_BLOCK_OUT or module.in_features % CPU_4BIT_BLOCK_IN:
+            kept.append((name, module.in_features, module.out_features))
+        else:
+            quantised.append(name)
+    if not quantised:
+        widths = sorted({(i, o) for _, i, o in kept})[:5]
+        raise RagrecError(
+            f"4-bit quantization on the CPU: none of the model's {len(kept)} linear layers has widths the bitsandbytes "
+            f"CPU kernel takes (out_features divisible by {CPU_4BIT_BLOCK_OUT}, even in_features; found in->out "
+            f"{widths}); load it with quantization='none' or '8bit', or on a GPU"
+        )
+    return QuantizationPlan(tuple(quantised), tuple(kept), tuple(output))
 
 
 def load_model(
@@ -277,6 +342,16 @@ def load_model(
             raise RagrecError(f"unknown dtype {dtype!r}; valid: auto, float32, bfloat16, float16") from None
     qconfig = _quantization_config(quantization, torch_dtype)  # validate arguments before any download
     where, how = resolve_model(spec)
+    notes = []
+    if quantization == "4bit" and not dev.startswith("cuda"):
+        plan = plan_cpu_4bit(where, trust_remote_code=trust_remote_code)
+        if plan.kept:
+            qconfig = _quantization_config(quantization, torch_dtype, plan.skip_modules())
+            notes.append(plan.note())
+        if importlib.util.find_spec("kernels") is None:
+            notes.append(
+                "4-bit on the CPU: bitsandbytes' built-in kernel (its optional Hub kernel needs the package 'kernels')"
+            )
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
@@ -287,7 +362,6 @@ def load_model(
         model.to(dev)
     model.eval()
     tokenizer.padding_side = "left"  # the next-token logits of every row sit in the last column
-    notes = []
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         notes.append("tokenizer had no pad token; using the end-of-sequence token")

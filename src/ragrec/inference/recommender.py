@@ -36,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
-from ragrec.errors import RagrecError, UnknownNameError
+from ragrec.errors import CacheError, RagrecError, UnknownNameError
+from ragrec.inference.adapters import META as ADAPTER_META
 from ragrec.inference.adapters import check_adapter
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
 from ragrec.inference.fusion import FusionModel, ItemPriors, _standardise
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+PARTS = "parts.json"  # per scenario: the templates, adapter and text encoder it was saved with
 RECOMMEND_TASKS = ("rank", "generate")
 
 
@@ -103,6 +105,10 @@ class ScenarioConfig(BaseModel):
     fusion: FusionModel | None = Field(
         None, description="A learned fusion of the LLM, retriever and item priors (replaces fusion_weight when set)."
     )
+    retriever_choice: dict[str, Any] | None = Field(
+        None, description="How the retriever's settings were chosen on validation (e.g. EASE's l2 and decay and "
+        "the grid tried), as `build_scenario` reported it.",
+    )  # fmt: skip
 
 
 @dataclass
@@ -544,13 +550,44 @@ def _save_scenario(sc: Scenario, folder: Path) -> None:
         atomic_write_text(folder / "templates" / f"{tpl.task}.yaml",
                           yaml.safe_dump(tpl.model_dump(mode="json", exclude_defaults=False), sort_keys=False))  # fmt: skip
     if sc.adapter is not None:
+        check_adapter(sc.adapter)  # never copy a damaged adapter into a new folder
         shutil.copytree(sc.adapter, folder / "adapter")
+    # What the folder must hold when it is loaded again: a part that goes missing later is refused
+    # instead of silently replaced (the base model for an adapter, a built-in template).
+    parts = {
+        "templates": sorted(t.task for t in sc.templates),
+        "adapter": None if sc.adapter is None else {"ragrec_meta": (folder / "adapter" / ADAPTER_META).is_file()},
+        "text": sc.text is not None,
+    }
+    atomic_write_text(folder / PARTS, json.dumps(parts, indent=2) + "\n")
+
+
+def _check_parts(folder: Path) -> None:
+    """Refuse a saved scenario that lost a part listed in its ``parts.json`` (folders saved before
+    ragrec wrote that file are loaded as they are)."""
+    if not (folder / PARTS).is_file():
+        return
+    parts = read_json_meta(folder / PARTS, "scenario parts list")
+    missing = [
+        f"templates/{t}.yaml" for t in parts.get("templates", []) if not (folder / "templates" / f"{t}.yaml").is_file()
+    ]
+    if parts.get("text") and not (folder / "text").is_dir():
+        missing.append("text/")
+    adapter = parts.get("adapter")
+    if adapter is not None and not (folder / "adapter").is_dir():
+        missing.append("adapter/")
+    if missing:
+        raise CacheError(f"{folder}: saved with {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                         f"missing now; restore {'it' if len(missing) == 1 else 'them'} or save the recommender again")  # fmt: skip
+    if adapter is not None:
+        check_adapter(folder / "adapter", require_meta=bool(adapter.get("ragrec_meta")))
 
 
 def _load_scenario(folder: Path, embedder=None) -> Scenario:
     if not folder.is_dir():
         raise RagrecError(f"{folder}: scenario folder missing")
     config = ScenarioConfig(**read_json_meta(folder / "scenario.json", "scenario"))
+    _check_parts(folder)
     text = None
     if (folder / "text").is_dir():
         text = load_encoder(folder / "text")
