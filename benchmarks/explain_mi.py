@@ -1,4 +1,4 @@
-"""Explanations on Amazon Musical Instruments reviews (PROTOCOL.md): BLEU-4, ROUGE-L and the
+"""Explanations on Amazon Musical Instruments reviews (docs/evaluation.md): BLEU-4, ROUGE-L and the
 grounding rate of zero-shot vs LoRA-fine-tuned SmolLM2, against each test user's own held-out
 review text.
 
@@ -33,6 +33,11 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from runlog import log_test_run, provenance  # noqa: E402
+
+from ragrec.io import atomic_write_text  # noqa: E402
+
 RESULTS = HERE / "results"
 WORK = HERE.parent / ".bench"
 DATA = HERE.parents[1] / "shared" / "data" / "amazon-musical-instruments-reviews"
@@ -47,10 +52,10 @@ TRAIN_DEFAULTS = {
     "learning_rate": 5e-4,
     "grad_accum": 8,
     "eval_steps": 25,
-    "eval_users": 40,
+    "eval_users": 30,
     "patience": 2,
-    "max_minutes": 25,
-}
+    "max_minutes": 15,
+}  # the committed run's recipe (results/explain_mi.json): `python benchmarks/explain_mi.py` reproduces it
 SYSTEMS = {"zero": "zero-shot SmolLM2-135M", "tuned": "fine-tuned SmolLM2-135M (LoRA, explain)"}
 
 
@@ -140,7 +145,7 @@ def _plot(evals, per_user) -> bytes:
     return png_bytes(fig)
 
 
-def report(ft_dir: Path, results: Path = RESULTS) -> None:
+def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) -> None:
     from ragrec.eval.explain import ExplanationEval
     from ragrec.eval.report import write_report
 
@@ -162,7 +167,7 @@ def report(ft_dir: Path, results: Path = RESULTS) -> None:
     diff = tuned.compare(zero)
     cfg = trained["config"]
     notes = [
-        "PROTOCOL.md: leave-one-out per user; the target is the held-out review of the test interaction, cut at a "
+        "docs/evaluation.md: leave-one-out per user; the target is the held-out review of the test interaction, cut at a "
         f"sentence end within {cfg['max_review_chars']} characters; users whose test review is missing or under 40 "
         f"characters are left out ({zero.skipped or 'none'}). Explanations are greedy, at most 60 new tokens.",
         "BLEU-4: corpus BLEU over lower-cased words and punctuation (torchmetrics). ROUGE-L: mean per-user LCS F1. "
@@ -174,7 +179,7 @@ def report(ft_dir: Path, results: Path = RESULTS) -> None:
         f"r={cfg['lora_r']} on the last {cfg['lora_layers']} layers, lr {cfg['learning_rate']:g}, {trained['steps']} "
         f"steps of {cfg['grad_accum']}, {trained['train_seconds'] / 60:.1f} min on {trained['device']} "
         f"({trained['stop_reason']}); validation ROUGE-L on {cfg['eval_users']} users: {trained['valid_curve']}.",
-        "Peer (PROTOCOL.md, another dataset): P5-small on Beauty, BLEU-4 2.70, ROUGE-L 18.65.",
+        "Published peer (another dataset, for orientation): P5-small on Beauty, BLEU-4 2.70, ROUGE-L 18.65.",
     ]
     samples = ["", "## Examples (first three users)", ""]
     for j in range(min(3, len(zero.users))):
@@ -182,15 +187,38 @@ def report(ft_dir: Path, results: Path = RESULTS) -> None:
                     f"- held-out review: {zero.references[j]}", f"- zero-shot: {zero.texts[j]}",
                     f"- fine-tuned: {tuned.texts[j]}", ""]  # fmt: skip
     per_user = [ev.rouge_per_user() for ev in evals]
+    runs = log_test_run("explain_mi", "explain_mi: LoRA explain adapter vs zero-shot SmolLM2-135M", config or {},
+                        {f"{r['system']} {m}": r[m] for r in rows for m in ("bleu4", "rouge_l", "grounded_rate")})  # fmt: skip
+    notes.append(f"Test runs of this recipe in results/test_runs.jsonl: {runs} (this one included; runs before "
+                 "2026-12-02 were not logged). Per-user ROUGE-L and grounding: explain_mi_per_user.csv.")  # fmt: skip
+    _write_per_user(results / "explain_mi_per_user.csv", evals, per_user)
     written = write_report(results / "explain_mi", rows, title="Explanations, Amazon Musical Instruments (test)",
                            comparisons=[(f"{tuned.system} - {zero.system}", diff)], notes=notes + samples,
                            keys=("users", "bleu4", "rouge_l", "grounded_rate", "seconds_per_explanation"),
                            figures={"scores": _plot(evals, per_user)},
-                           extra={"train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason",
+                           extra={**provenance(config or {}),
+                                  "train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason",
                                                                     "examples", "valid_curve", "config")}})  # fmt: skip
     for r in rows:
         print(f"{r['system']}: BLEU-4 {r['bleu4']:.2f} ROUGE-L {r['rouge_l']:.2f} grounded {r['grounded_rate']:.3f}")
     _log("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def _write_per_user(path: Path, evals, per_user) -> None:
+    """One row per user: the explained item, and each system's ROUGE-L and grounding."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["user_id", "item_id", *(f"{ev.system} rouge_l" for ev in evals), *(f"{ev.system} grounded" for ev in evals)]
+    )
+    for j, user in enumerate(evals[0].users):
+        w.writerow(
+            [user, evals[0].items[j], *(f"{p[j]:.4f}" for p in per_user), *(int(ev.grounded[j]) for ev in evals)]
+        )
+    atomic_write_text(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
-    p.add_argument("--users", type=int, default=200, help="test users explained (sampled with seed 0)")
+    p.add_argument("--users", type=int, default=400, help="test users explained (sampled with seed 0)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the report goes (smoke runs: elsewhere)")
     args = p.parse_args(argv)
@@ -212,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     if "score" in args.stages:
         score(ft_dir, args.data, args.model, args.users)
     if "report" in args.stages:
-        report(ft_dir, args.results)
+        report(ft_dir, args.results, {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
 
 
 if __name__ == "__main__":

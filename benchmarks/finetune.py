@@ -1,4 +1,4 @@
-"""Fine-tuned LLM ranking on ML-100K (RecBole split, PROTOCOL.md): (a) the retriever alone,
+"""Fine-tuned LLM ranking on ML-100K (RecBole split, docs/evaluation.md): (a) the retriever alone,
 (b) zero-shot LLM, (c) LoRA-fine-tuned LLM, (d) fine-tuned LLM fused with the retriever score.
 
 Stages (each can run alone):
@@ -30,23 +30,25 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import llm_rank  # noqa: E402  (same folder: shared stages)
+from runlog import log_test_run, provenance  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE.parent / ".bench"
+# The committed run's recipe (results/finetune.json): `python benchmarks/finetune.py` reproduces it.
 TRAIN_DEFAULTS = {
-    "examples": 440,
-    "positions": 3,
+    "examples": 600,
+    "positions": 10,
     "candidates": 20,
-    "hard_negatives": 0.75,
+    "hard_negatives": 0.9,
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_layers": 12,
-    "learning_rate": 5e-4,
+    "learning_rate": 2e-4,
     "grad_accum": 8,
-    "eval_steps": 20,
-    "eval_users": 60,
+    "eval_steps": 25,
+    "eval_users": 40,
     "patience": 2,
-    "max_minutes": 42,
+    "max_minutes": 40,
 }
 
 
@@ -85,7 +87,7 @@ def register(ft_dir: Path, model: str) -> Path:
     return target
 
 
-def report(work: Path, ft_dir: Path) -> None:
+def report(work: Path, ft_dir: Path, config: dict | None = None) -> None:
     from ragrec.eval.llm import choose_fusion_weight, llm_results
     from ragrec.eval.report import compare, write_report
 
@@ -130,7 +132,7 @@ def report(work: Path, ft_dir: Path) -> None:
     ratio = d.metrics()["ndcg@10"] / a.metrics()["ndcg@10"] if a.metrics()["ndcg@10"] else float("nan")
     cfg = trained["config"]
     notes = [
-        "PROTOCOL.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a miss), "
+        "docs/evaluation.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a miss), "
         "pessimistic ties. Every row is on the same test users and the same rendered prompts.",
         f"Target (issue #5): (d) >= 1.10 x (a) on NDCG@10: measured {ratio:.3f} x. (c) > (b): "
         f"{c.metrics()['ndcg@10']:.4f} vs {b.metrics()['ndcg@10']:.4f}.",
@@ -167,21 +169,29 @@ def report(work: Path, ft_dir: Path) -> None:
              "valid_ndcg@10_by_weight": {"zero-shot": tried_zero, "fine-tuned": tried_tuned},
              "ndcg@10_ratio_d_over_a": ratio, "learned_fusion": fitted, "content_fusion": fitted_content,
              "position_bias": {"zero-shot": slots, "fine-tuned": tuned_slots}}  # fmt: skip
+    runs = log_test_run("finetune", "finetune: LoRA rank adapter on ML-100K (SmolLM2-135M)", config or {},
+                        {f"{r['system']} ndcg@10": r["ndcg@10"] for r in rows})  # fmt: skip
+    notes.append(f"Test runs of this recipe in results/test_runs.jsonl: {runs} (this one included; runs before "
+                 "2026-12-02 were not logged).")  # fmt: skip
+    extra = {**provenance(config or {}), **extra}
+    target_of = dict(zip(prompts["test"]["users"], prompts["test"]["targets"]))
     written = write_report(RESULTS / "finetune", rows, title="Fine-tuned LLM stage, ML-100K (test)", results=results,
-                           comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
+                           comparisons=comparisons, notes=notes, extra=extra,
+                           targets=[target_of[u] for u in results[0].users])  # fmt: skip
     print("\n".join(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}" for r in rows))
     _log("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stages", nargs="*", default=["train", "register", "score", "report"])
+    p.add_argument("--stages", nargs="*", default=["train", "register", "score", "report"],
+                   choices=["train", "register", "score", "report"])  # fmt: skip
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
-    p.add_argument("--valid-users", type=int, default=300, help="0: all (with --valid-retrieved: all retrieved)")
-    p.add_argument("--valid-retrieved", action="store_true",
+    p.add_argument("--valid-users", type=int, default=200, help="0: all (with --valid-retrieved: all retrieved)")
+    p.add_argument("--valid-retrieved", action=argparse.BooleanOptionalAction, default=True,
                    help="score only validation users whose target was retrieved (lossless for the fusions)")  # fmt: skip
-    p.add_argument("--test-users", type=int, default=None, help="test users scored (default: all)")
+    p.add_argument("--test-users", type=int, default=300, help="test users scored (0: all)")
     p.add_argument("--work", type=Path, default=WORK)
     args = p.parse_args(argv)
     from ragrec.config import parse_overrides
@@ -194,10 +204,10 @@ def main(argv: list[str] | None = None) -> None:
         register(ft_dir, args.model)
     if "score" in args.stages:
         llm_rank.score(args.work / "llm_rank_prompts.json", args.work / "finetune_scores.json", args.model, 8, "none",
-                       1, args.valid_users or None, args.test_users, adapter=ft_dir / "adapter",
+                       1, args.valid_users or None, args.test_users or None, adapter=ft_dir / "adapter",
                        valid_retrieved=args.valid_retrieved)  # fmt: skip
     if "report" in args.stages:
-        report(args.work, ft_dir)
+        report(args.work, ft_dir, {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import llm_rank  # noqa: E402  (same folder: the ML-100K scenario)
+from runlog import log_test_run, provenance  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -61,8 +62,14 @@ def run(users: int, model: str, adapter: Path | None, out: Path) -> dict:
         "Flagged examples (model text, the attributes no explained or named item has):",
         *[f'`{r["title"]}`: "{r["text"][:240]}" -> {r["unsupported"]}' for r in flagged],
     ]
+    runs = log_test_run("grounding", f"grounding: explanations of {model}" + (" + adapter" if adapter else ""),
+                        {"users": users, "model": model, "adapter": str(adapter) if adapter else None},
+                        {r["system"]: r["grounded_rate"] for r in summary})  # fmt: skip
+    notes.append(f"Test runs of this recipe in results/test_runs.jsonl: {runs} (this one included; runs before "
+                 "2026-12-02 were not logged). Per-user results: `explanations` in the JSON.")  # fmt: skip
     write_report(out, summary, title="Grounding of zero-shot explanations, ML-100K (test)", notes=notes,
-                 extra={"explanations": rows, "seconds_per_explanation": secs / len(rows)},
+                 extra={**provenance({"users": users, "model": model, "adapter": str(adapter) if adapter else None}),
+                        "explanations": rows, "seconds_per_explanation": secs / len(rows)},
                  keys=("grounded_rate", "users"))  # fmt: skip
     print(json.dumps(summary, indent=2))
     return {"summary": summary}
@@ -70,7 +77,7 @@ def run(users: int, model: str, adapter: Path | None, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--users", type=int, default=100)
+    p.add_argument("--users", type=int, default=40, help="test users explained (40: the committed run)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--adapter", type=Path, default=None)
     p.add_argument("--out", type=Path, default=RESULTS / "grounding")

@@ -1,9 +1,10 @@
-"""Zero-shot LLM ranking on ML-100K (RecBole split, PROTOCOL.md) against the retriever alone,
+"""Zero-shot LLM ranking on ML-100K (RecBole split, docs/evaluation.md) against the retriever alone,
 and constrained generation over the whole catalog.
 
 Stages (each can run alone, so the LLM scoring can run on another machine):
 
-* ``prepare``: ML-100K with RecBole's split, the demo's retriever (recency EASE on train), 20
+* ``prepare``: ML-100K with RecBole's split, the demo's retriever (recency EASE on train, l2 and
+  decay chosen on validation as ``build_scenario`` does), 20
   candidates per valid/test user, and the rank prompts for 3 cyclic shifts of each list ->
   ``.bench/llm_rank_prompts.json``.
 * ``score``: the LLM's label log-probabilities for every prompt -> ``.bench/llm_rank_scores.json``
@@ -11,9 +12,11 @@ Stages (each can run alone, so the LLM scoring can run on another machine):
 * ``generate``: constrained generation of 5 titles over the whole catalog for test users ->
   ``.bench/llm_rank_generate.json`` (out-of-catalog count, target hits, seconds per user).
 * ``report``: metrics, fusion weight chosen on validation, paired bootstrap CIs ->
-  ``benchmarks/results/llm_rank.{json,md}`` and ``llm_rank_recall.png``.
+  ``benchmarks/results/llm_rank.{json,md}``, ``llm_rank_recall.png`` and the per-user ranks of every
+  system ``llm_rank_per_user.csv``; the test figures are appended to ``results/test_runs.jsonl``.
 
-    python benchmarks/llm_rank.py            # all stages, on this machine
+    python benchmarks/llm_rank.py            # prepare, score, report: the committed run
+    python benchmarks/llm_rank.py --stages generate report   # constrained generation too
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from runlog import log_test_run, provenance
 
 from ragrec.io import atomic_write_text
 
@@ -61,7 +65,9 @@ def prepare(out: Path) -> None:
     where, how = resolve_model("smollm2-135m-instruct")  # prompts need only the tokenizer
     tokenizer_only = LoadedModel(None, AutoTokenizer.from_pretrained(where), how, "none", "cpu", "float32")
     ranker = LetterRanker(tokenizer_only, builtin_registry().get("movies", "rank"))
-    work: dict = {"retriever": "EASE (recency, l2 1000, decay 0.8; train only)", "k": K, "shifts": SHIFTS}
+    choice = sc.config.retriever_choice or {}
+    work: dict = {"retriever": f"EASE (recency, l2 {choice.get('l2')}, decay {choice.get('decay')} chosen on valid; "
+                               "train only)", "k": K, "shifts": SHIFTS}  # fmt: skip
     for split in ("valid", "test"):
         users, histories, targets = eval_users(sc.data, split)
         res = sc.retriever.retrieve(histories=[list(h) for h in histories], k=K)
@@ -323,14 +329,16 @@ CONTENT_NOTE = (
 )
 
 
-def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
+def report(work_path: Path, scores_path: Path, gen_path: Path, config: dict | None = None) -> None:
     from ragrec.eval.llm import choose_fusion_weight, llm_results
     from ragrec.eval.report import compare, write_report
 
     work, scores = json.loads(work_path.read_text()), json.loads(scores_path.read_text())
     systems: dict[str, float | None] = {"retriever (recency EASE, 20 candidates)": None}
     extra: dict = {
-        "scoring": {k: scores[k] for k in ("model", "device", "dtype", "quantization", "gpu") if k in scores}
+        **provenance(config or {}),
+        "retriever": work.get("retriever"),
+        "scoring": {k: scores[k] for k in ("model", "device", "dtype", "quantization", "gpu") if k in scores},
     }
     results = []
     for shifts in sorted({1, scores["shifts"]}):
@@ -353,9 +361,16 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
     comparisons = [(f"{r.system} - {base.system}", compare(r, base)) for r in results[1:]]
     comparisons.append((f"{results[-1].system} - {results[-2].system}", compare(results[-1], results[-2])))
     rows = [{**r.row(), "candidate_recall@20": round(float(np.isfinite(r.ranks).mean()), 6)} for r in results]
+    target_of = dict(zip(work["test"]["users"], work["test"]["targets"]))
+    runs = log_test_run("llm_rank", "llm_rank: zero-shot SmolLM2-135M re-ranking 20 recency-EASE candidates",
+                        extra["config"], {f"{r['system']} ndcg@10": r["ndcg@10"] for r in rows})  # fmt: skip
+    extra["per_user"] = "llm_rank_per_user.csv"
     notes = [
-        "PROTOCOL.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a miss), "
-        "pessimistic ties. Fusion weights chosen on the validation targets (train-only histories).",
+        "docs/evaluation.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a "
+        "miss), pessimistic ties (the retriever's rows too). Fusion weights chosen on the validation targets "
+        "(train-only histories).",
+        f"Test runs of this recipe in results/test_runs.jsonl: {runs} (this one included). Command: "
+        f"`{extra['command']}`.",
         "Zero-shot: no fine-tuning (issue #5 must beat these rows).",
         f"Users: {len(scores['test_rows'])} of {len(work['test']['users'])} test users and "
         f"{len(scores['valid_rows'])} validation users (for the fusion weight), sampled with seed 0; "
@@ -372,22 +387,25 @@ def report(work_path: Path, scores_path: Path, gen_path: Path) -> None:
         notes.append(f"Constrained generation over the whole catalog (1,682 titles) for {g['users']} test users, {g['n']} titles each: {g['outside_catalog']} items outside the catalog, "
                      f"target among them for {hits} users; {g['seconds_per_user']:.2f} s/user on {g['device']}.")  # fmt: skip
     written = write_report(RESULTS / "llm_rank", rows, title="LLM stage, zero-shot, ML-100K (test)",
-                           results=results, comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
+                           results=results, comparisons=comparisons, notes=notes, extra=extra,
+                           targets=[target_of[u] for u in base.users])  # fmt: skip
     print("\n".join(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}" for r in rows))
     _log("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stages", nargs="*", default=["prepare", "score", "generate", "report"])
+    p.add_argument("--stages", nargs="*", default=["prepare", "score", "report"],
+                   choices=["prepare", "score", "generate", "report"])  # fmt: skip
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--quantization", default="none")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--generate-users", type=int, default=None, help="first N test users (default: all)")
     p.add_argument("--shifts", type=int, default=1, help="cyclic shifts scored (permutation averaging), <= 3")
-    p.add_argument("--valid-users", type=int, default=300, help="validation users scored for the fusion weight")
-    p.add_argument("--valid-retrieved", action="store_true",
-                   help="score only validation users whose target was retrieved (--valid-users 0: all of them)")  # fmt: skip
+    p.add_argument("--valid-users", type=int, default=0,
+                   help="validation users scored for the fusion weight (0: all)")  # fmt: skip
+    p.add_argument("--valid-retrieved", action=argparse.BooleanOptionalAction, default=True,
+                   help="score only validation users whose target was retrieved (lossless for the fusions)")  # fmt: skip
     p.add_argument("--test-users", type=int, default=None, help="test users scored (default: all)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="where score/generate write (default: --work)")
@@ -403,8 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     if "generate" in args.stages:
         generate(out / "llm_rank_generate.json", args.model, args.generate_users, batch_size=args.batch_size)
     if "report" in args.stages:
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("work", "out")}
         report(args.work / "llm_rank_prompts.json", args.work / "llm_rank_scores.json",
-               args.work / "llm_rank_generate.json")  # fmt: skip
+               args.work / "llm_rank_generate.json", config)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 Each part writes benchmarks/results/retrieval_parts/<part>.json (rows + per-user test ranks);
 the report step merges them into benchmarks/results/retrieval.json (a list of rows: dataset,
 system, split, recall@10, recall@20, ndcg@10, ndcg@20, mrr@10, ...), retrieval.md and
-retrieval_recall.png. Protocol: PROTOCOL.md (leave-one-out, full ranking, history masked,
+retrieval_recall.png. Protocol: docs/evaluation.md (leave-one-out, full ranking, history masked,
 pessimistic ties); every model choice (epochs, EASE l2/decay, fusion weights) on validation.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from runlog import log_test_run, provenance
 
 from ragrec import schema as S
 from ragrec.data import InteractionData, PreprocessConfig, leave_one_out, load_raw, preprocess, pull, split_from_file
@@ -48,7 +49,7 @@ SHARED = HERE.parents[1] / "shared"
 DATA = SHARED / "data"
 PEERS = SHARED / "peers" / "recbole"
 
-# Quoted from PROTOCOL.md (no per-user ranks published): history-masked rows only.
+# Quoted from RecBole runs and published papers (no per-user ranks): history-masked rows only.
 QUOTED = [
     {"dataset": "ml-100k", "system": "RecBole Pop (quoted)", "split": "test", "recall@10": 0.0710, "ndcg@10": 0.0354, "mrr@10": 0.0246, "recall@20": 0.1177, "ndcg@20": 0.0473},
     {"dataset": "ml-100k", "system": "RecBole BPR (quoted)", "split": "test", "recall@10": 0.1241, "ndcg@10": 0.0673, "mrr@10": 0.0502, "recall@20": 0.1951, "ndcg@20": 0.0850},
@@ -111,6 +112,7 @@ def run_dataset(name: str) -> dict:
     final_splits = (S.TRAIN, S.VALID)
     pop_sel = PopularityEncoder.fit(data)
     pop = PopularityEncoder.fit(data, splits=final_splits)
+    results["Popularity (train only)"] = evaluate_encoder(pop_sel, data, system="Popularity (train only)")
     results["Popularity"] = evaluate_encoder(pop, data, system="Popularity")
 
     best_ease, best_v, best_cfg = None, -1.0, None
@@ -133,6 +135,7 @@ def run_dataset(name: str) -> dict:
                 }
     ease = EASEEncoder.fit(data, best_cfg, splits=final_splits) if best_cfg is not None else None
     if ease is not None:
+        results["EASE (recency, train only)"] = evaluate_encoder(best_ease, data, system="EASE (recency, train only)")
         results["EASE (recency)"] = evaluate_encoder(ease, data, system="EASE (recency)")
 
     cfg = SASRecConfig(**sas_kwargs)
@@ -172,6 +175,7 @@ def run_dataset(name: str) -> dict:
     info["Hybrid"] = {"parts": names, "weights": hybrid.weights, "valid_ndcg@10": round(max(t[1] for t in tried), 6),
                       "combinations_tried": len(tried), "normalize": True}  # fmt: skip
     _log(f"{name}: hybrid {info['Hybrid']}")
+    results["Hybrid (train only)"] = evaluate_encoder(tuned, data, system="Hybrid (train only)")
     results["Hybrid"] = evaluate_encoder(hybrid, data, system="Hybrid")
 
     # The deployed path (FAISS Flat index, seen items excluded) must give the same candidates.
@@ -185,7 +189,7 @@ def run_dataset(name: str) -> dict:
 
     rows, curves, comparisons = [], {}, []
     for system, res in results.items():
-        row = res.row()
+        row = {**res.row(), "trained_on": trained_on(system)}
         row["candidate_recall@20"] = row["recall@20"]
         row.update(
             {
@@ -207,11 +211,15 @@ def run_dataset(name: str) -> dict:
             "RecBole SASRec (converged, per-user ranks)", name, S.TEST, users, np.array([peer_ranks[u] for u in users])
         )
         results["RecBole SASRec"] = peer_res
-        rows.append({**peer_res.row(), "source": "shared/peers/recbole/SASRec_converged_test_ranks.csv (rank_masked)"})
+        rows.append({**peer_res.row(), "trained_on": "train",
+                     "source": "RecBole 1.2.1 run on this machine, per-user test ranks (rank_masked)"})  # fmt: skip
         curves[peer_res.system] = recall_curve(peer_res.ranks).round(6).tolist()
-        for system in ("Hybrid", "EASE (recency)", "SASRec (ragrec)", "SASRec (train only)"):
+        # The headline: ragrec trained on the train split only, like the peer. Refit rows are labelled.
+        for system in ("Hybrid (train only)", "EASE (recency, train only)", "SASRec (train only)", "Hybrid",
+                       "EASE (recency)", "SASRec (ragrec)"):  # fmt: skip
             c = compare(results[system], peer_res)
-            comparisons.append({"name": f"{system} - RecBole SASRec", **vars(c),
+            comparisons.append({"name": f"{system} - RecBole SASRec", **vars(c), "trained_on": trained_on(system),
+                                "headline": trained_on(system) == "train",
                                 "ratio": round(results[system].metrics()["ndcg@10"] / peer_res.metrics()["ndcg@10"], 4)})  # fmt: skip
     part = {
         "dataset": name,
@@ -225,6 +233,15 @@ def run_dataset(name: str) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return part
+
+
+def trained_on(system: str) -> str:
+    """Which interactions a row's model was fitted on (docs/evaluation.md: like for like)."""
+    if system.startswith("Text"):
+        return "item text only"
+    if "train only" in system or system.startswith("RecBole"):
+        return "train"
+    return "train+valid"
 
 
 def run_faiss(n: int = 1_000_000, d: int = 64, queries: int = 1000, k: int = 100, seed: int = 0) -> dict:
@@ -281,7 +298,8 @@ def report() -> None:
     rows = []
     for name in [*SPECS, "faiss"]:
         if name in parts:
-            rows.extend(parts[name]["rows"])
+            rows.extend({**r, "trained_on": r.get("trained_on") or trained_on(r["system"])} if name != "faiss" else r
+                        for r in parts[name]["rows"])  # fmt: skip
             if name != "faiss":
                 for c in parts[name]["comparisons"]:
                     c["dataset"] = name
@@ -289,9 +307,13 @@ def report() -> None:
     (RESULTS / "retrieval.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = ["# Retrieval benchmark", "",
           "`python benchmarks/retrieval.py` on this machine "
-          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads). Protocol: PROTOCOL.md "
+          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads). Protocol: docs/evaluation.md "
           "(leave-one-out, full ranking over the catalog, history masked, pessimistic ties; ML-100K on the RecBole split file). "
-          "Model choices on validation targets only. Candidate recall@20 = share of users whose target is in the top 20.", ""]  # fmt: skip
+          "Model choices on validation targets only. Candidate recall@20 = share of users whose target is in the top 20. "
+          "`trained_on`: *train* rows are fitted on the train split only (validation for model choices), like the RecBole "
+          "peer, and are the headline comparison with it; *train+valid* rows are the same choices refit on train + "
+          "validation (what a deployment would serve) and are labelled separately. Per-user test ranks of every row: "
+          "retrieval_parts/<dataset>.json (`ranks`, `users`).", ""]  # fmt: skip
     for name in SPECS:
         if name not in parts:
             md += [f"## {name}", "", "not run (see `--parts`)", ""]
@@ -303,7 +325,17 @@ def report() -> None:
         md += [
             markdown_table(
                 [r for r in rows if r["dataset"] == name],
-                keys=("recall@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20"),
+                keys=(
+                    "trained_on",
+                    "recall@10",
+                    "ndcg@10",
+                    "mrr@10",
+                    "recall@20",
+                    "ndcg@20",
+                    "precision@10",
+                    "map@10",
+                    "coverage@10",
+                ),
             ),
             "",
         ]
@@ -312,8 +344,9 @@ def report() -> None:
             "|---|---|---|---|---|",
         ]
         for c in part["comparisons"]:
+            head = " (headline: train only on both sides)" if c.get("headline") else ""
             md.append(
-                f"| {c['name']} | {c['metric']} | {c['difference']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] | {c.get('ratio', '')} |"
+                f"| {c['name']}{head} | {c['metric']} | {c['difference']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] | {c.get('ratio', '')} |"
             )
         md += ["", "Settings chosen on validation: " + json.dumps(part["info"], default=str), ""]
     if "faiss" in parts:
@@ -377,6 +410,11 @@ def main(argv: list[str] | None = None) -> None:
             if name not in SPECS and name != "faiss":
                 sys.exit(f"error: unknown part {name!r}; valid: {[*SPECS, 'faiss']}")
             part = run_faiss() if name == "faiss" else run_dataset(name)
+            if name != "faiss":
+                n = log_test_run("retrieval", f"retrieval: {name}", {"part": name, "specs": repr(SPECS[name][1:])},
+                                 {f"{r['system']} ndcg@10": r["ndcg@10"] for r in part["rows"]})  # fmt: skip
+                part["test_runs"] = n
+                part["provenance"] = provenance({"parts": args.parts})
             (PARTS / f"{name}.json").write_text(json.dumps(part) + "\n")
             _log(f"saved part {name}")
     report()

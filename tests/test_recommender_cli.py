@@ -54,6 +54,17 @@ def test_eval_llm_writes_a_report(rec_dir, tmp_path):
     # 5 validation users cannot fit the learned fusions: said in the report, not hidden.
     assert "not fitted: " in json.dumps(report) and "not fitted" in err
     assert (tmp_path / "llm.md").is_file() and (tmp_path / "llm_recall.png").is_file()
+    # The per-user ranks behind every row: the bootstrap can be recomputed from the file alone.
+    from ragrec.eval.metrics import paired_bootstrap, per_user
+    from ragrec.eval.report import read_per_user
+
+    users, ranks = read_per_user(tmp_path / "llm_per_user.csv")
+    assert len(users) == 10 and list(ranks) == systems
+    first = report["comparisons"][0]
+    again = paired_bootstrap(per_user(ranks[systems[1]], "ndcg@10"), per_user(ranks[systems[0]], "ndcg@10"))
+    assert again.difference == pytest.approx(first["difference"]) and again.low == pytest.approx(first["low"])
+    assert all(r["ndcg@10"] == pytest.approx(per_user(ranks[r["system"]], "ndcg@10").mean(), abs=1e-6)
+               for r in report["rows"])  # fmt: skip
 
 
 def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):

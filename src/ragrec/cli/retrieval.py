@@ -12,7 +12,9 @@ from rich.console import Console
 console = Console(stderr=True)
 retriever_app = typer.Typer(help="Train candidate-retrieval encoders.", no_args_is_help=True)
 index_app = typer.Typer(help="Build FAISS item indexes.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate systems under the protocol of PROTOCOL.md.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate systems under ragrec's protocol (docs/evaluation.md in the source tree).", no_args_is_help=True
+)
 
 ENCODER_KINDS = "sasrec | text | popularity | hybrid"
 

@@ -1,4 +1,4 @@
-"""Explanations scored against the user's own held-out review (PROTOCOL.md).
+"""Explanations scored against the user's own held-out review (docs/evaluation.md).
 
 For each evaluated user whose held-out interaction (``valid`` or ``test``) has review text, the
 model explains that item from the user's history at that point (train for ``valid``, train +

@@ -230,7 +230,7 @@ class SlotBias:
     def entropy_bits(self) -> float:
         """Entropy of the top-choice distribution over the slots (bits)."""
         p = np.asarray([x for x in self.top_slot_share if x > 0])
-        return float(-(p * np.log2(p)).sum()) if len(p) else 0.0
+        return max(0.0, float(-(p * np.log2(p)).sum())) if len(p) else 0.0  # no "-0.00"
 
     @property
     def uniform_bits(self) -> float:

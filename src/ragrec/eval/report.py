@@ -10,19 +10,68 @@ from typing import Any
 
 import numpy as np
 
-from ragrec.eval.metrics import BootstrapResult, paired_bootstrap, per_user
+from ragrec.eval.metrics import BootstrapResult, paired_bootstrap, per_user, recall_at
 from ragrec.eval.protocol import EvalResult
 from ragrec.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["compare", "write_report", "recall_curve", "markdown_table"]
+__all__ = ["compare", "write_report", "recall_curve", "markdown_table", "write_per_user", "read_per_user"]
 
 TABLE_KEYS = ("recall@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20")
 
 
 def recall_curve(ranks: np.ndarray, max_k: int = 50) -> np.ndarray:
-    """Recall@K for K = 1..max_k."""
+    """Mean Recall@K over users for K = 1..max_k (several targets per user: hits / targets)."""
     ranks = np.asarray(ranks)
-    return np.array([(ranks <= k).mean() if len(ranks) else 0.0 for k in range(1, max_k + 1)])
+    return np.array([recall_at(ranks, k).mean() if len(ranks) else 0.0 for k in range(1, max_k + 1)])
+
+
+def _rank_cell(x) -> str:
+    arr = np.atleast_1d(np.asarray(x, dtype=float))
+    return ";".join("inf" if np.isinf(v) else f"{v:g}" for v in arr if v == v)
+
+
+def write_per_user(
+    path: str | PathLike[str], results: Sequence[EvalResult], targets: Sequence[Any] | None = None
+) -> Path:
+    """The per-user ranks behind a report, as CSV, so that its confidence intervals can be
+    recomputed without re-running any model: one row per user (``user_id``, optional ``target``,
+    one column per system; ``inf`` = a miss, several targets joined by ``;``) when every result
+    has the same users, else one row per (system, user)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    same = all(r.users == results[0].users for r in results)
+    if same:
+        users = results[0].users
+        writer.writerow(["user_id", *(["target"] if targets is not None else []), *(r.system for r in results)])
+        for j, u in enumerate(users):
+            t = (
+                []
+                if targets is None
+                else [";".join(targets[j]) if isinstance(targets[j], (tuple, list)) else targets[j]]
+            )
+            writer.writerow([u, *t, *(_rank_cell(r.ranks[j]) for r in results)])
+    else:
+        writer.writerow(["system", "user_id", "rank"])
+        for r in results:
+            writer.writerows([r.system, u, _rank_cell(x)] for u, x in zip(r.users, r.ranks))
+    path = Path(path)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_per_user(path: str | PathLike[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Users and per-system ranks (one target per user) of a wide :func:`write_per_user` file."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    first = 2 if len(header) > 1 and header[1] == "target" else 1
+    return [r[0] for r in body], {name: np.array([float(r[first + k]) for r in body])
+                                  for k, name in enumerate(header[first:])}  # fmt: skip
 
 
 def compare(a: EvalResult, b: EvalResult, metric: str = "ndcg@10", **kwargs: Any) -> BootstrapResult:
@@ -59,10 +108,13 @@ def write_report(
     extra: dict[str, Any] | None = None,
     keys: Sequence[str] = TABLE_KEYS,
     figures: dict[str, bytes] | None = None,
+    targets: Sequence[Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``<path>.json`` (rows + comparisons + extra), ``<path>.md`` (a table of ``keys``)
-    and, with ``results``, ``<path>_recall.png`` (Recall@K curves); each of ``figures``
-    (name -> PNG bytes) goes to ``<path>_<name>.png``. Returns the written paths."""
+    and, with ``results``, ``<path>_recall.png`` (Recall@K curves) and ``<path>_per_user.csv``
+    (every system's rank of each user's target, with ``targets`` when given:
+    :func:`write_per_user`); each of ``figures`` (name -> PNG bytes) goes to
+    ``<path>_<name>.png``. Returns the written paths."""
     stem = Path(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -84,6 +136,8 @@ def write_report(
             )
         md.append("")
     if results:
+        written["per_user"] = write_per_user(stem.parent / f"{stem.name}_per_user.csv", results, targets)
+        md += [f"Per-user ranks of every row: `{written['per_user'].name}`.", ""]
         png = stem.parent / f"{stem.name}_recall.png"
         atomic_write_bytes(png, _plot(results))
         written["png"] = png

@@ -71,7 +71,7 @@ class ScenarioSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, description="Scenario name.")
     item_noun: str = Field("item", max_length=40, description="What the catalog holds ('movie', 'game').")
     data: DataMapping = Field(description="Where the interactions and items are, and which columns are which.")
-    split: str = Field("loo", description="loo | ratio:0.8,0.1,0.1 (PROTOCOL.md uses leave-one-out).")
+    split: str = Field("loo", description="loo | ratio:0.8,0.1,0.1 (docs/evaluation.md: leave-one-out is the default).")
     k_core: int = Field(0, ge=0, description="Users and items need at least this many interactions.")
     min_rating: float | None = Field(None, description="Drop interactions rated below this (None: keep all).")
     retriever: Literal["auto", "ease", "sasrec", "popularity"] = Field(

@@ -8,7 +8,7 @@ are computed (``logits_to_keep``): for a one-letter rank answer that skips the 4
 layer on ~800 prompt positions, a fifth of the model's compute.
 
 Validation is the LLM stage itself on ``eval_users`` validation users (train-only histories,
-PROTOCOL.md), through the same ``Recommender`` paths as serving: NDCG@10 of the adapter ranking
+docs/evaluation.md), through the same ``Recommender`` paths as serving: NDCG@10 of the adapter ranking
 the retriever's candidates when the mixture ranks; otherwise ROUGE-L of its explanations against
 the users' held-out reviews, or the MAE of its predicted ratings (``validation_metric``). Checkpoints are saved at each validation;
 ``EarlyStoppingCallback`` stops after ``patience`` validations without improvement, and the best
@@ -180,6 +180,14 @@ def _time_limit(minutes: float | None):
     return TimeLimit()
 
 
+def rating_errors(errors) -> dict[str, float]:
+    """MAE and RMSE of rating errors (predicted - held-out), the rate task's metrics."""
+    import numpy as np
+
+    e = np.asarray(errors, dtype=np.float64)
+    return {"rating_mae": float(np.abs(e).mean()), "rating_rmse": float(np.sqrt((e**2).mean()))}
+
+
 def validation_metric(config: FinetuneConfig) -> tuple[str, bool]:
     """What early stopping watches, and whether higher is better: the LLM stage's NDCG@10 when the
     mixture ranks, else explanation ROUGE-L against held-out reviews, else rating MAE."""
@@ -232,8 +240,8 @@ def _validator(rec: Recommender, scenario: str, users: list[str], metric: str):
             h = train[u]
             pred = rec.predict_rating([targets[u]], history=list(h.item_ids), ratings=list(h.ratings or []) or None,
                                       scenario=scenario)[0]  # fmt: skip
-            errors.append(abs(pred.expected - ratings[u]))
-        return {metric: float(sum(errors) / len(errors))}
+            errors.append(pred.expected - ratings[u])
+        return rating_errors(errors)
 
     return validate
 

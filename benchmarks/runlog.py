@@ -1,0 +1,75 @@
+"""What every benchmark that computes a test figure records (docs/evaluation.md, "Test runs are logged").
+
+* :func:`provenance`: the exact command, its arguments, the commit and the date, for a results JSON,
+  so that running the command again reproduces the file.
+* :func:`log_test_run`: appends one line per computed test figure set to
+  ``benchmarks/results/test_runs.jsonl`` (date, commit, benchmark, recipe, config, figures) and
+  returns how many test runs that recipe has had, for the report to say.
+
+Per-user ranks are written by ``ragrec.eval.report.write_report`` beside every report
+(``<name>_per_user.csv``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ragrec.io import atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUN_LOG = RESULTS / "test_runs.jsonl"
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks"],
+                               cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """The command that produced a results file (run it again to reproduce it) and its settings."""
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):  # a script outside the repository keeps its path
+        script = script.resolve().relative_to(HERE.parent)
+    return {
+        "command": shlex.join(["python", str(script), *sys.argv[1:]]),
+        "config": config,
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def log_test_run(benchmark: str, recipe: str, config: dict[str, Any], figures: dict[str, float]) -> int:
+    """Append a test run to the run log; returns the number of logged test runs of ``recipe``
+    (this one included)."""
+    entry = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": _commit(), "benchmark": benchmark,
+             "recipe": recipe, "config": config, "figures": {k: round(float(v), 6) for k, v in figures.items()}}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    old = RUN_LOG.read_text("utf-8") if RUN_LOG.is_file() else ""
+    atomic_write_text(RUN_LOG, old + json.dumps(entry, sort_keys=True) + "\n")
+    return sum(1 for line in (old + json.dumps(entry) + "\n").splitlines()
+               if line.strip() and json.loads(line).get("recipe") == recipe)  # fmt: skip
+
+
+def test_runs(recipe: str) -> int:
+    """How many test runs of ``recipe`` the run log holds."""
+    if not RUN_LOG.is_file():
+        return 0
+    return sum(
+        1
+        for line in RUN_LOG.read_text("utf-8").splitlines()
+        if line.strip() and json.loads(line).get("recipe") == recipe
+    )
