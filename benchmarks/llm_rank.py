@@ -340,6 +340,10 @@ def report(work_path: Path, scores_path: Path, gen_path: Path, config: dict | No
         "retriever": work.get("retriever"),
         "scoring": {k: scores[k] for k in ("model", "device", "dtype", "quantization", "gpu") if k in scores},
     }
+    from ragrec.eval.protocol import beyond_context
+
+    sc = _scenario()
+    context = beyond_context(sc.data, "test")  # coverage, novelty, diversity, popularity of the re-ranked lists
     results = []
     for shifts in sorted({1, scores["shifts"]}):
         valid = _llm_scores(work, scores, "valid", shifts)
@@ -349,14 +353,13 @@ def report(work_path: Path, scores_path: Path, gen_path: Path, config: dict | No
         named = {f"{tag}": 0.0, f"{tag} fused with retriever (w={weight:g}, chosen on valid)": weight}
         if shifts == 1:
             named = {**systems, **named}
-        results += llm_results(test, named)
+        results += llm_results(test, named, context)
         extra[f"valid_ndcg@10_by_weight_{shifts}perm"] = tried
-    sc = _scenario()
     valid, test = (_llm_scores(work, scores, s, 1, sc) for s in ("valid", "test"))
     calibrated, extra["slots"] = slot_rows(valid, test, "zero-shot SmolLM2-135M")
     content, extra["content_fusion"] = content_rows(valid, test, sc)
     learned, extra["learned_fusion"] = learned_rows(valid, test, sc, "zero-shot SmolLM2-135M")
-    results += llm_results(test, {**calibrated, **content, **learned})
+    results += llm_results(test, {**calibrated, **content, **learned}, context)
     base = results[0]
     comparisons = [(f"{r.system} - {base.system}", compare(r, base)) for r in results[1:]]
     comparisons.append((f"{results[-1].system} - {results[-2].system}", compare(results[-1], results[-2])))

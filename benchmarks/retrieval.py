@@ -5,8 +5,9 @@
     python benchmarks/retrieval.py --report-only          # rebuild the report from saved parts
 
 Each part writes benchmarks/results/retrieval_parts/<part>.json (rows + per-user test ranks);
-the report step merges them into benchmarks/results/retrieval.json (a list of rows: dataset,
-system, split, recall@10, recall@20, ndcg@10, ndcg@20, mrr@10, ...), retrieval.md and
+the report step merges them into benchmarks/results/retrieval.json (``rows``: dataset, system,
+split, trained_on, recall@10, ndcg@10, ..., and ``parts``: the command, commit and date that
+produced each part), retrieval.md and
 retrieval_recall.png. Protocol: docs/evaluation.md (leave-one-out, full ranking, history masked,
 pessimistic ties); every model choice (epochs, EASE l2/decay, fusion weights) on validation.
 """
@@ -304,7 +305,9 @@ def report() -> None:
                 for c in parts[name]["comparisons"]:
                     c["dataset"] = name
     rows.extend(r for r in QUOTED if r["dataset"] in parts)
-    (RESULTS / "retrieval.json").write_text(json.dumps(rows, indent=2) + "\n")
+    made = {name: part.get("provenance", "not recorded (the part predates 2026-12-02)") for name, part in parts.items()}
+    payload = {"title": "Retrieval benchmark", "parts": made, "rows": rows}
+    (RESULTS / "retrieval.json").write_text(json.dumps(payload, indent=2) + "\n")
     md = ["# Retrieval benchmark", "",
           "`python benchmarks/retrieval.py` on this machine "
           f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads). Protocol: docs/evaluation.md "
@@ -322,6 +325,12 @@ def report() -> None:
         s = part["stats"]
         md += [f"## {name}", "", f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; split {s['split']}; "
                f"whole part {part['seconds'] / 60:.1f} min.", ""]  # fmt: skip
+        if "provenance" in part:
+            pv = part["provenance"]
+            md += [f"Made by `{pv['command']}` at commit {pv['commit']} on {pv['date']}; test runs of this part in "
+                   f"results/test_runs.jsonl: {part.get('test_runs', '?')}.", ""]  # fmt: skip
+        else:
+            md += ["Made before commands and test runs were recorded (before 2026-12-02).", ""]
         md += [
             markdown_table(
                 [r for r in rows if r["dataset"] == name],

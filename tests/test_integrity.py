@@ -232,3 +232,17 @@ def test_cli_error_for_every_config_model_names_fields():
     line = validation_message(e.value)
     assert line.startswith("FinetuneConfig: max_minutz: Extra inputs are not permitted") and "learning_rate" in line
     assert "\n" not in line
+
+
+def test_bitsandbytes_hub_kernel_notice_is_dropped(caplog):
+    """bitsandbytes warns at import (on AVX512-BF16 CPUs) that it cannot fetch a Hub kernel; ragrec
+    drops that one line and nothing else of bitsandbytes' logger."""
+    import logging
+
+    import ragrec  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "no module")
+        logger.warning("another bitsandbytes warning")
+    assert "kernels-community" not in caplog.text and "another bitsandbytes warning" in caplog.text

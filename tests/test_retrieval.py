@@ -14,6 +14,8 @@ from ragrec.errors import CacheError, RagrecError
 from ragrec.eval import evaluate_encoder, evaluate_retriever, paired_bootstrap
 from ragrec.ranking import metric_table, target_ranks
 from ragrec.retrieval import (
+    EASEConfig,
+    EASEEncoder,
     HybridEncoder,
     ItemIndex,
     PopularityEncoder,
@@ -275,3 +277,21 @@ def test_fast_scores_equal_vector_form(walk_data, sasrec):
     for e in (ease, hybrid):
         dense = e.encode_histories(hist) @ e.item_embeddings().T
         np.testing.assert_allclose(e.scores(hist), dense, rtol=1e-4, atol=1e-4)
+
+
+def test_scenario_ease_settings_are_chosen_on_validation(walk_data):
+    """build_scenario's EASE takes the (l2, decay) with the best validation NDCG@10 of the grid,
+    fitted on train only, and records the choice in the scenario config."""
+    from ragrec.pipeline import build_scenario, select_ease
+
+    grid, decays = (1.0, 10.0, 100.0), (0.5, 1.0)
+    enc, report = select_ease(walk_data, grid, decays)
+    best = max(
+        ((evaluate_encoder(EASEEncoder.fit(walk_data, EASEConfig(l2=l2, decay=d)), walk_data, split=S.VALID)
+          .metrics((10,))["ndcg@10"], -i) for i, (l2, d) in enumerate((l2, d) for l2 in grid for d in decays))
+    )  # fmt: skip
+    assert report["valid_ndcg@10"] == pytest.approx(best[0], abs=1e-6)
+    assert (enc.config.l2, enc.config.decay) == [(l2, d) for l2 in grid for d in decays][-best[1]]
+    assert len(report["grid"]) == 6
+    sc = build_scenario(walk_data, "walk", encoder="ease", text=False, progress=False)
+    assert sc.config.retriever_choice["l2"] == sc.retriever.encoder.config.l2

@@ -32,7 +32,10 @@ def _load(path: Path, quantization: str | None, device: str | None):
     from ragrec.inference import Recommender
 
     overrides = {k: v for k, v in {"quantization": quantization, "device": device}.items() if v}
-    return Recommender.from_pretrained(path, **overrides)
+    rec = Recommender.from_pretrained(path, **overrides)
+    for note in rec.loaded.notes:  # how the model was loaded: e.g. which layers stayed unquantised
+        console.print(f"[dim]note: {note}[/]")
+    return rec
 
 
 def _who(user: str | None, history: str | None) -> dict:

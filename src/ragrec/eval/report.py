@@ -17,6 +17,8 @@ from ragrec.io import atomic_write_bytes, atomic_write_text
 __all__ = ["compare", "write_report", "recall_curve", "markdown_table", "write_per_user", "read_per_user"]
 
 TABLE_KEYS = ("recall@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20")
+# The second table of a report, where rows carry them (docs/evaluation.md defines each).
+MORE_KEYS = ("precision@10", "f1@10", "map@10", "coverage@10", "novelty@10", "diversity@10", "arp@10", "tail@10")
 
 
 def recall_curve(ranks: np.ndarray, max_k: int = 50) -> np.ndarray:
@@ -127,6 +129,11 @@ def write_report(
     atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float) + "\n")
     written["json"] = stem.with_suffix(".json")
     md = [f"# {title}", "", markdown_table(rows, keys), ""]
+    more = [k for k in MORE_KEYS if k not in keys and any(k in r for r in rows)]
+    if more:
+        md += ["More metrics (precision, F1, MAP; beyond accuracy: catalog coverage, novelty in bits, "
+               "intra-list diversity, average recommendation popularity, long-tail share):", "",
+               markdown_table(rows, more), ""]  # fmt: skip
     if comparisons:
         md += ["## Paired bootstrap (95% CI of the difference, 1,000 resamples over users)", ""]
         md += ["| comparison | metric | difference | 95% CI | significant |", "|---|---|---|---|---|"]
