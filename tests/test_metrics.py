@@ -136,6 +136,13 @@ def test_several_targets_per_user_end_to_end_or_a_clear_refusal():
         assert per_user(res.ranks, "recall@5")[row] == pytest.approx(hits / len(sets[u]))
     row = res.row()
     assert row["targets_per_user"] > 1 and "precision@10" in row and "coverage@10" in row
+    # Model selection on such a split uses every validation target too.
+    from ragrec.pipeline import select_ease
+    from ragrec.retrieval import SASRecConfig, SASRecEncoder
+
+    _, report = select_ease(data, (10.0,), (1.0,))
+    assert report["valid_users"] == len(data.target_sets(S.VALID))
+    SASRecEncoder.fit(data, SASRecConfig(hidden=8, layers=1, heads=1, max_len=5, epochs=1, batch_size=8), progress=False)
 
 
 def test_beyond_accuracy_by_hand():

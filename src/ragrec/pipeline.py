@@ -44,7 +44,7 @@ def select_ease(
     from ragrec.eval.protocol import evaluate_encoder
     from ragrec.retrieval import EASEConfig, EASEEncoder
 
-    users = sample_users(sorted(data.targets(S.VALID)), max_users)
+    users = sample_users(sorted(data.target_sets(S.VALID)), max_users)
     best, grid = None, []
     for l2 in tqdm(l2_grid, desc="EASE l2 grid", disable=not progress, leave=False):
         base = EASEEncoder.fit(data, EASEConfig(l2=l2), splits=(S.TRAIN,))

@@ -271,7 +271,7 @@ class SASRecEncoder(Encoder):
         dev = resolve_device(device)
         enc = cls(data.item_ids(), config)
         train = data.histories(splits=(S.TRAIN,))
-        valid = data.targets(S.VALID)
+        valid = data.target_sets(S.VALID)  # every validation target (several under a ratio split)
         if not train:
             raise ValueError(f"dataset {data.name!r} has no training interactions")
         seqs = {u: [enc.item_index[i] + 1 for i in h.item_ids] for u, h in train.items()}
@@ -306,7 +306,9 @@ class SASRecEncoder(Encoder):
         return enc
 
 
-def _valid_ndcg10(enc: SASRecEncoder, seqs: dict[str, list[int]], valid: dict[str, str], dev: torch.device) -> float:
+def _valid_ndcg10(
+    enc: SASRecEncoder, seqs: dict[str, list[int]], valid: dict[str, tuple[str, ...]], dev: torch.device
+) -> float:
     users = [u for u in valid if u in seqs]
     model = enc.model
     model.eval()
@@ -319,7 +321,9 @@ def _valid_ndcg10(enc: SASRecEncoder, seqs: dict[str, list[int]], valid: dict[st
             mask = torch.zeros_like(scores, dtype=torch.bool)
             for row, u in enumerate(batch):
                 mask[row, torch.tensor(seqs[u], device=dev) - 1] = True
-            targets = torch.tensor([enc.item_index[valid[u]] for u in batch], device=dev)
+            width = max(len(valid[u]) for u in batch)
+            targets = torch.tensor([[enc.item_index[i] for i in valid[u]] + [-1] * (width - len(valid[u]))
+                                    for u in batch], device=dev)  # fmt: skip  # (B, T), -1 padding
             ndcgs.append(ndcg_at(target_ranks(scores, targets, mask).cpu().numpy(), 10))
     return float(np.concatenate(ndcgs).mean()) if ndcgs else 0.0
 
@@ -327,7 +331,7 @@ def _valid_ndcg10(enc: SASRecEncoder, seqs: dict[str, list[int]], valid: dict[st
 def _train(
     enc: SASRecEncoder,
     seqs: dict[str, list[int]],
-    valid: dict[str, str],
+    valid: dict[str, tuple[str, ...]],
     config: SASRecConfig,
     dev: torch.device,
     report: TrainReport,
