@@ -34,6 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import runlog  # noqa: E402
 from runlog import log_test_run, provenance  # noqa: E402
 
 from ragrec.io import atomic_write_text  # noqa: E402
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the report goes (smoke runs: elsewhere)")
     args = p.parse_args(argv)
+    runlog.started()  # the commit this run's code is from
     from ragrec.config import parse_overrides
 
     ft_dir = args.work / "ft_mi"

@@ -30,6 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import llm_rank  # noqa: E402  (same folder: shared stages)
+import runlog  # noqa: E402
 from runlog import log_test_run, provenance  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-users", type=int, default=300, help="test users scored (0: all)")
     p.add_argument("--work", type=Path, default=WORK)
     args = p.parse_args(argv)
+    runlog.started()  # the commit this run's code is from
     from ragrec.config import parse_overrides
 
     ft_dir = args.work / "ft_ml100k"

@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import llm_rank  # noqa: E402  (same folder: the ML-100K scenario)
+import runlog  # noqa: E402
 from runlog import log_test_run, provenance  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--adapter", type=Path, default=None)
     p.add_argument("--out", type=Path, default=RESULTS / "grounding")
     args = p.parse_args(argv)
+    runlog.started()  # the commit this run's code is from
     run(args.users, args.model, args.adapter, args.out)
 
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import runlog  # noqa: E402
 from runlog import log_test_run, provenance
 
 from ragrec.io import atomic_write_text
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="where score/generate write (default: --work)")
     args = p.parse_args(argv)
+    runlog.started()  # the commit this run's code is from
     out = args.out or args.work
     out.mkdir(parents=True, exist_ok=True)
     if "prepare" in args.stages:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import runlog  # noqa: E402
 import torch
 from runlog import log_test_run, provenance
 
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", nargs="*", default=[*SPECS, "faiss"], help=f"any of {[*SPECS, 'faiss']}")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    runlog.started()  # the commit this run's code is from
     PARTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.parts:

@@ -13,6 +13,7 @@ Per-user ranks are written by ``ragrec.eval.report.write_report`` beside every r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shlex
 import subprocess
@@ -28,7 +29,10 @@ RESULTS = HERE / "results"
 RUN_LOG = RESULTS / "test_runs.jsonl"
 
 
+@functools.lru_cache(maxsize=1)
 def _commit() -> str:
+    """The commit the benchmark runs (cached at the first call: call :func:`started` when the run
+    begins, so that commits made while it runs are not recorded as its code)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
                               check=True).stdout.strip()  # fmt: skip
@@ -37,6 +41,11 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
+
+
+def started() -> str:
+    """Record the commit at the start of a run (see :func:`_commit`); returns it."""
+    return _commit()
 
 
 def provenance(config: dict[str, Any]) -> dict[str, Any]:
