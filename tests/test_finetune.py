@@ -312,6 +312,7 @@ def test_scenario_new_and_finetune_from_two_csvs(tiny_lm_dir, tmp_path):
                              str(tiny_lm_dir), *args)  # fmt: skip
     assert code == 0, err
     assert "registered scenario 'films'" in out
+    assert not (tmp_path / "sc" / "films" / "adapter.work").exists()  # checkpoints removed after a finished run
     assert "serving 'films' with the fusion weight" in out  # 10 users: too few for a learned fusion
     rec_dir = tmp_path / "sc" / "films" / "recommender"
     rec = Recommender.from_pretrained(rec_dir)
