@@ -133,7 +133,8 @@ def test_bad_options_from_cli(ml100k_dir: Path):
 def test_mapping_with_unknown_key(tabular_mapping: Path):
     tabular_mapping.write_text(tabular_mapping.read_text().replace("timestamp_format", "timestamp_fmt"))
     with pytest.raises(
-        DataFormatError, match=r"mapping.yaml: interactions.timestamp_fmt: Extra inputs are not permitted"
+        DataFormatError,
+        match=r"mapping.yaml: interactions.timestamp_fmt: Extra inputs are not permitted \(valid fields: path, .*timestamp_format",
     ):
         load_raw("tabular", None, mapping=tabular_mapping)
 

@@ -142,7 +142,9 @@ def test_several_targets_per_user_end_to_end_or_a_clear_refusal():
 
     _, report = select_ease(data, (10.0,), (1.0,))
     assert report["valid_users"] == len(data.target_sets(S.VALID))
-    SASRecEncoder.fit(data, SASRecConfig(hidden=8, layers=1, heads=1, max_len=5, epochs=1, batch_size=8), progress=False)
+    SASRecEncoder.fit(
+        data, SASRecConfig(hidden=8, layers=1, heads=1, max_len=5, epochs=1, batch_size=8), progress=False
+    )
 
 
 def test_beyond_accuracy_by_hand():

@@ -31,9 +31,24 @@ def _ragrec_model(title: str) -> type[BaseModel] | None:
     return None
 
 
-def validation_message(error: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """One line for a pydantic error: the model, every bad field with pydantic's reason (which
-    lists allowed values for a choice), and the valid field names when a key is unknown."""
+def _nested_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (``("interactions", "x")`` -> the model
+    of ``interactions``), following optional and list annotations; None when it cannot tell."""
+    import typing
+
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        ann = current.model_fields[part].annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        current = args[0] if args else ann
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def validation_message(error: ValidationError, model: type[BaseModel] | None = None, *, title: bool = True) -> str:
+    """One line for a pydantic error: the model (with ``title``), every bad field with pydantic's
+    reason (which lists allowed values for a choice), and the valid field names where a key is unknown."""
     model = model or _ragrec_model(error.title)
     parts = []
     for err in error.errors():
@@ -43,11 +58,13 @@ def validation_message(error: ValidationError, model: type[BaseModel] | None = N
             if err["type"] != "extra_forbidden" and not isinstance(err["input"], dict)
             else ""
         )
-        parts.append(f"{field}: {err['msg']}{given}")
-    line = f"{error.title}: " + "; ".join(parts)
-    if model is not None and any(err["type"] == "extra_forbidden" for err in error.errors()):
-        line += f" (valid fields: {', '.join(model.model_fields)})"
-    return line
+        line = f"{field}: {err['msg']}{given}"
+        if err["type"] == "extra_forbidden" and model is not None:
+            holder = _nested_model(model, tuple(err["loc"]))
+            if holder is not None:
+                line += f" (valid fields: {', '.join(holder.model_fields)})"
+        parts.append(line)
+    return (f"{error.title}: " if title else "") + "; ".join(parts)
 
 
 def model_from_yaml(model: type[M], path: str | PathLike[str]) -> M:
@@ -60,7 +77,7 @@ def model_from_yaml(model: type[M], path: str | PathLike[str]) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise DataFormatError(path, validation_message(e, model)) from None
+        raise DataFormatError(path, validation_message(e, model, title=False)) from None
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
