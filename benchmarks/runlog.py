@@ -69,8 +69,7 @@ def log_test_run(benchmark: str, recipe: str, config: dict[str, Any], figures: d
     RESULTS.mkdir(parents=True, exist_ok=True)
     old = RUN_LOG.read_text("utf-8") if RUN_LOG.is_file() else ""
     atomic_write_text(RUN_LOG, old + json.dumps(entry, sort_keys=True) + "\n")
-    return sum(1 for line in (old + json.dumps(entry) + "\n").splitlines()
-               if line.strip() and json.loads(line).get("recipe") == recipe)  # fmt: skip
+    return test_runs(recipe)
 
 
 def test_runs(recipe: str) -> int:

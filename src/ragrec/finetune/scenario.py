@@ -84,9 +84,13 @@ class ScenarioSpec(BaseModel):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning settings.")
 
 
-def _header(path: Path) -> list[str]:
+def _separator(path: Path) -> str:
     ext = [s for s in path.suffixes if s != ".gz"]
-    sep = "\t" if ext and ext[-1] in (".tsv", ".tab") else ","
+    return "\t" if ext and ext[-1] in (".tsv", ".tab") else ","
+
+
+def _header(path: Path) -> list[str]:
+    sep = _separator(path)
     with open_binary(path) as f:
         first = f.readline().decode("utf-8-sig", errors="replace")
     if not first.strip():
@@ -152,8 +156,7 @@ class ScenarioDraft:
 
 def _guess_timestamp_format(path: Path, column: str) -> Literal["unix", "datetime"]:
     """``unix`` when the column's first non-empty values are numbers, else ``datetime``."""
-    ext = [s for s in path.suffixes if s != ".gz"]
-    sep = "\t" if ext and ext[-1] in (".tsv", ".tab") else ","
+    sep = _separator(path)
     with open_binary(path) as f:
         lines = [f.readline().decode("utf-8-sig", errors="replace") for _ in range(21)]
     rows = list(csv.DictReader([line for line in lines if line], delimiter=sep))
