@@ -25,10 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ragrec.errors import RagrecError
 from ragrec.types import Item
 
-__all__ = ["FEATURES", "FusionModel", "ItemPriors", "fit_fusion"]
+__all__ = ["FEATURES", "FusionModel", "ItemPriors", "fit_fusion", "uses_llm"]
 
 FEATURES: dict[str, str] = {
     "llm": "the LLM's score, standardised over the user's candidates",
+    "llm_logp": "the LLM's letter log-probability as it is (the residual ranker's delta; its weight is the scale "
+    "learned with the adapter, see ragrec.finetune.residual)",
     "retriever": "the retriever's score, standardised over the user's candidates",
     "popularity": "log(1 + interactions with the item in the histories the priors were built from)",
     "category_match": "cosine between the item's categories and the category profile of the recent history",
@@ -40,6 +42,14 @@ FEATURES: dict[str, str] = {
 def _standardise(x: np.ndarray) -> np.ndarray:
     sd = x.std()
     return (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+
+
+LLM_FEATURES = ("llm", "llm_logp")
+
+
+def uses_llm(names: Iterable[str]) -> bool:
+    """Whether a fusion over ``names`` needs the LLM's scores (else the LLM is not run at all)."""
+    return any(n in LLM_FEATURES for n in names)
 
 
 class ItemPriors:
@@ -78,10 +88,11 @@ class ItemPriors:
         ``names`` leaves out ``"llm"``."""
         recent = list(history)[-max_history:] if max_history else []
         cols: dict[str, np.ndarray] = {}
-        if "llm" in names:
+        if uses_llm(names):
             if llm is None:
                 raise RagrecError("the fusion uses the LLM's score but none was given")
             cols["llm"] = _standardise(np.asarray(llm, dtype=float))
+            cols["llm_logp"] = np.asarray(llm, dtype=float)
         cols["retriever"] = _standardise(np.asarray(retriever, dtype=float))
         cols["popularity"] = np.log1p([self.popularity.get(i, 0) for i in candidates])
         cand_cats = np.array([self._categories(i) for i in candidates]).reshape(len(candidates), len(self._cat))
@@ -120,6 +131,10 @@ class FusionModel(BaseModel):
     @property
     def names(self) -> list[str]:
         return list(self.weights)
+
+    @property
+    def uses_llm(self) -> bool:
+        return uses_llm(self.weights)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """(C,) fused scores of (C, F) rows built with ``names``."""

@@ -20,6 +20,7 @@ Saved layout (``save_pretrained``; the base model is referenced by name, not cop
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import threading
@@ -58,6 +59,7 @@ __all__ = [
     "ScenarioConfig",
     "Recommendation",
     "fuse_scores",
+    "shown_order",
     "save_recommender",
     "load_parts",
 ]
@@ -105,6 +107,10 @@ class ScenarioConfig(BaseModel):
     fusion: FusionModel | None = Field(
         None, description="A learned fusion of the LLM, retriever and item priors (replaces fusion_weight when set)."
     )
+    candidate_order: Literal["retriever", "shuffled"] = Field(
+        "retriever", description="Order the LLM is shown the candidates in: the retriever's, or a fixed shuffle "
+        "of them (`shown_order`; what a residual ranker was trained on, so a letter carries no retriever rank).",
+    )  # fmt: skip
     retriever_choice: dict[str, Any] | None = Field(
         None, description="How the retriever's settings were chosen on validation (e.g. EASE's l2 and decay and "
         "the grid tried), as `build_scenario` reported it.",
@@ -171,6 +177,13 @@ class Recommendation:
     @property
     def item_ids(self) -> list[str]:
         return [i.item_id for i in self.items]
+
+
+def shown_order(item_ids: Sequence[str]) -> np.ndarray:
+    """A fixed shuffle of a candidate list (indices into it), the same for the same list on every
+    machine and run: seeded by a hash of the ids, so training and serving show a list alike."""
+    seed = int.from_bytes(hashlib.blake2b("\x1f".join(item_ids).encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng(seed).permutation(len(item_ids))
 
 
 def fuse_scores(llm: np.ndarray, retriever: np.ndarray, weight: float) -> np.ndarray:
@@ -314,7 +327,8 @@ class Recommender:
                                                   batch_size=self.config.batch_size)  # fmt: skip
         ranker = self._rankers[sc.name]
         hist_items = [self._items(sc, h) for h in histories]
-        cand_items = [[sc.item(i) for i in c] for c in candidates]
+        shown = [[c[j] for j in shown_order(c)] if sc.config.candidate_order == "shuffled" else c for c in candidates]
+        cand_items = [[sc.item(i) for i in c] for c in shown]
         with self.use(sc):
             ranked = ranker.rank(hist_items, cand_items, item_noun=sc.config.item_noun,
                                  permutations=self.config.permutations)  # fmt: skip
@@ -347,8 +361,11 @@ class Recommender:
         if task == "generate":
             return [self._generate_one(sc, r, c, k) for r, c in zip(requests, cands)]
         live = [j for j, cs in enumerate(cands) if cs]  # a user who has seen everything gets nothing to rank
-        llm = dict(zip(live, self.score_candidates(sc, [list(requests[j].history.item_ids) for j in live],
-                                                   [[c.item_id for c in cands[j]] for j in live])))  # fmt: skip
+        if sc.config.fusion is not None and not sc.config.fusion.uses_llm:  # retriever + priors: no LLM pass
+            llm = {j: None for j in live}
+        else:
+            llm = dict(zip(live, self.score_candidates(sc, [list(requests[j].history.item_ids) for j in live],
+                                                       [[c.item_id for c in cands[j]] for j in live])))  # fmt: skip
         out = []
         for j, (req, cs) in enumerate(zip(requests, cands)):
             if j not in llm:

@@ -9,7 +9,7 @@ limits it to catalogs of ``max_items`` items.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,18 +50,30 @@ class EASEEncoder(Encoder):
     def fit(
         cls, data: InteractionData, config: EASEConfig | None = None, splits: Sequence[str] = (S.TRAIN,)
     ) -> EASEEncoder:
+        hist = data.histories(splits=splits if data.has_split else None)
+        return cls.from_sequences(data.item_ids(), (h.item_ids for h in hist.values()), config)
+
+    @classmethod
+    def from_sequences(
+        cls, item_ids: Sequence[str], sequences: Iterable[Sequence[str]], config: EASEConfig | None = None
+    ) -> EASEEncoder:
+        """EASE over the catalog ``item_ids`` from users' item sequences (each user one row of X;
+        repeats count once). Items outside ``item_ids`` raise; items no sequence holds get zero weights."""
         config = config or EASEConfig()
-        item_ids = data.item_ids()
+        item_ids = list(item_ids)
         n = len(item_ids)
         if n > config.max_items:
             raise RagrecError(f"EASE needs a dense {n} x {n} matrix; the limit is max_items={config.max_items}")
         index = {i: k for k, i in enumerate(item_ids)}
-        hist = data.histories(splits=splits if data.has_split else None)
-        rows = [(r, index[i]) for r, h in enumerate(hist.values()) for i in set(h.item_ids)]
+        users = [set(seq) for seq in sequences]
+        unknown = {i for u in users for i in u} - index.keys()
+        if unknown:
+            raise RagrecError(f"{len(unknown)} item(s) outside the catalog, e.g. {sorted(unknown)[:3]}")
+        rows = [(r, index[i]) for r, u in enumerate(users) for i in u]
         gram = config.l2 * torch.eye(n, dtype=torch.float64)  # (N, N)
         if rows:  # X^T X from the sparse (users, items) matrix: a dense X would be users x items floats
             r, c = np.array(rows).T
-            x = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(hist), n))
+            x = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(users), n))
             gram += torch.from_numpy((x.T @ x).toarray())
         p = torch.cholesky_inverse(torch.linalg.cholesky(gram))  # gram is symmetric positive definite
         b = -p / torch.diag(p)[None, :]

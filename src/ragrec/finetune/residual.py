@@ -1,0 +1,442 @@
+"""The residual, retriever-anchored LLM ranker: the LLM learns only what the first stage misses.
+
+A candidate's served score is ``s_i = f_i + scale * logp_i``: ``f`` is a fixed fusion of the
+first-stage score and item priors fitted on validation without the LLM
+(:class:`~ragrec.inference.fusion.FusionModel`), ``logp_i`` the LLM's log-probability of candidate
+``i``'s letter, and ``scale`` a number learned with the LoRA adapter. Training minimises the
+cross-entropy of the target over each list's ``s``. The adapter's LoRA B matrices start at zero and
+``scale`` at 0, so step 0 is exactly the fusion without the LLM; early stopping on validation
+NDCG@10 (step 0 included) keeps the best, so the worst outcome is that fusion, reported as such.
+What is served is the same sum: a ``FusionModel`` whose weights are ``f``'s plus ``llm_logp:
+scale``, one code path (``Recommender.recommend``) for validation, evaluation and serving.
+
+How the training lists are made honest and cheap:
+
+* **Out-of-fold candidate lists** (:func:`out_of_fold_lists`): users are split into ``folds``
+  folds; for each fold a recency EASE with the scenario's settings is fitted on the other folds'
+  training sequences, and every position ``t`` of a held-out user's training sequence gets that
+  model's top ``candidates`` for the history before ``t``. The retriever never saw the position it
+  is asked about, as at serving time. Positions whose target is not in the list make no example:
+  the LLM only ever ranks retrieved lists.
+* **Position neutrality**: every list is shown in a fixed shuffle (``shown_order``), in training
+  and at serving, so a letter carries no retriever rank.
+* **Cached lower layers**: LoRA sits on the top ``top_layers`` layers only; the frozen layers below
+  run once per example (no gradient) and their output, the hidden states entering the first adapted
+  layer, is kept in a memory-mapped fp16 file. Every step then runs only the top layers, at the
+  answer position only, over the candidate letters' output rows only.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from ragrec import schema as S
+from ragrec.errors import RagrecError
+from ragrec.inference.fusion import FusionModel, ItemPriors
+from ragrec.inference.rank import LetterRanker
+from ragrec.inference.recommender import Recommender, Scenario, shown_order
+from ragrec.ranking import metric_table
+
+__all__ = [
+    "ResidualConfig",
+    "CandidateList",
+    "ResidualExample",
+    "ResidualResult",
+    "out_of_fold_lists",
+    "serving_lists",
+    "residual_examples",
+    "SplitModel",
+    "train_residual",
+]
+
+
+class ResidualConfig(BaseModel):
+    """Settings of the residual ranker's training. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folds: int = Field(5, ge=2, description="Out-of-fold retrievers for the training lists (users split in folds).")
+    candidates: int = Field(20, ge=2, le=100, description="Candidates per list (one is the target).")
+    examples: int | None = Field(
+        5000, ge=1, description="Training lists sampled from all eligible positions (None: every one)."
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the examples.")
+    top_layers: int = Field(
+        4, ge=1, description="Transformer layers with LoRA, counted from the top; the rest is cached."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters (in the top layers only).",
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights.")
+    scale_learning_rate: float = Field(2e-2, gt=0, description="AdamW learning rate of the LLM's scale.")
+    grad_accum: int = Field(8, ge=1, description="Examples per optimizer step.")
+    eval_every: int = Field(50, ge=1, description="Optimizer steps between validations.")
+    valid_users: int = Field(300, ge=10, description="Validation users scored at each validation.")
+    patience: int = Field(4, ge=1, description="Validations without improvement before stopping.")
+    max_minutes: float | None = Field(None, gt=0, description="Time limit of the training loop (best state kept).")
+    seed: int = Field(0, description="Folds, sampling, shuffles, LoRA init.")
+
+
+@dataclass
+class CandidateList:
+    """One position's candidates in the first stage's order with its scores; ``target`` is the
+    target's index among them (-1: not retrieved)."""
+
+    user_id: str
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    retriever: np.ndarray
+    target: int
+    fold: int = -1  # the fold whose users the retriever did not see (-1: the served retriever)
+
+
+def _top(scores: np.ndarray, banned: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = scores.astype(np.float64, copy=True)
+    s[list(banned)] = -np.inf
+    k = min(k, int(np.isfinite(s).sum()))
+    idx = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, dtype=int)
+    idx = idx[np.argsort(-s[idx], kind="stable")]
+    return idx, s[idx]
+
+
+def out_of_fold_lists(
+    sc: Scenario, config: ResidualConfig, *, progress: bool = True
+) -> tuple[list[CandidateList], dict[str, ItemPriors], dict[str, Any]]:
+    """Every training position's out-of-fold list (see module docstring), the item priors of each
+    fold (popularity from the users its retriever was fitted on) and a report: positions, how many
+    lists hold their target (the out-of-fold candidate recall), and the same recall of the served
+    retriever on the same positions (in-sample, for comparison)."""
+    from ragrec.retrieval import EASEConfig, EASEEncoder
+
+    enc = sc.retriever.encoder
+    if not isinstance(enc, EASEEncoder):
+        raise RagrecError(
+            f"out-of-fold lists need the scenario's first stage to be EASE (closed form), not {enc.kind!r}"
+        )
+    sequences = sc.data.histories(splits=(S.TRAIN,))
+    users = sorted(sequences)
+    rng = np.random.default_rng(config.seed)
+    fold_of = dict(zip(users, rng.permutation(len(users)) % config.folds))
+    item_ids = list(enc.item_ids)
+    index = {i: j for j, i in enumerate(item_ids)}
+    lists: list[CandidateList] = []
+    priors: dict[str, ItemPriors] = {}
+    positions = in_sample_hits = 0
+    for fold in tqdm(range(config.folds), desc="out-of-fold EASE", disable=not progress, leave=False):
+        fit = [sequences[u].item_ids for u in users if fold_of[u] != fold]
+        model = EASEEncoder.from_sequences(item_ids, fit, EASEConfig(**enc.config.model_dump()))
+        priors[str(fold)] = ItemPriors.from_histories(sc.catalog, fit)
+        for u in (u for u in users if fold_of[u] == fold):
+            seq = sequences[u].item_ids
+            if len(seq) < 2:
+                continue
+            hists = [seq[:t] for t in range(1, len(seq))]
+            oof, full = model.scores(hists), enc.scores(hists)
+            everything = {index[i] for i in seq}
+            for t, h in enumerate(hists, start=1):
+                banned = everything - {index[seq[t]]}  # the user's other items: no false negatives
+                idx, s = _top(oof[t - 1], sorted(banned), config.candidates)
+                cands = tuple(item_ids[j] for j in idx)
+                positions += 1
+                in_sample_hits += int(index[seq[t]] in _top(full[t - 1], sorted(banned), config.candidates)[0])
+                target = cands.index(seq[t]) if seq[t] in cands else -1
+                if target >= 0:
+                    lists.append(CandidateList(u, tuple(h), cands, s.astype(np.float32), target, fold))
+    report = {
+        "positions": positions,
+        "lists_with_target": len(lists),
+        f"oof_recall@{config.candidates}": round(len(lists) / max(positions, 1), 4),
+        f"in_sample_recall@{config.candidates}": round(in_sample_hits / max(positions, 1), 4),
+        "folds": config.folds,
+    }
+    return lists, priors, report
+
+
+def serving_lists(sc: Scenario, split: str, users: Sequence[str] | None, k: int) -> list[CandidateList]:
+    """The served retriever's lists for ``split``'s users (docs/evaluation.md histories)."""
+    from ragrec.eval.protocol import eval_users
+
+    all_users, histories, targets = eval_users(sc.data, split)
+    wanted = set(users) if users is not None else None
+    rows = [j for j, u in enumerate(all_users) if wanted is None or u in wanted]
+    results = sc.retriever.retrieve(histories=[list(histories[j]) for j in rows], k=k)
+    out = []
+    for j, res in zip(rows, results):
+        cands = tuple(res.item_ids)
+        out.append(CandidateList(all_users[j], tuple(histories[j]), cands,
+                                 np.array([c.score for c in res.candidates], dtype=np.float32),
+                                 cands.index(targets[j]) if targets[j] in cands else -1))  # fmt: skip
+    return out
+
+
+@dataclass
+class ResidualExample:
+    """A list as the LLM sees it: prompt token ids, the shown candidates' letter token ids, the
+    fixed fusion's score of each shown candidate, and the target's shown index (-1: a miss)."""
+
+    user_id: str
+    input_ids: list[int]
+    letter_ids: list[int]
+    base: np.ndarray  # (C,) f, in shown order
+    target: int
+    shown: tuple[str, ...]
+
+
+def residual_examples(
+    rec: Recommender, sc: Scenario, lists: Sequence[CandidateList], fusion: FusionModel, priors: ItemPriors | dict
+) -> list[ResidualExample]:
+    """Render ``lists`` in their shown order with the recommender's rank template and budget;
+    ``priors`` is one :class:`ItemPriors` or one per fold (keyed by ``str(fold)``)."""
+    if fusion.uses_llm:
+        raise RagrecError("the residual ranker's fixed fusion must not use the LLM's score")
+    ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
+    tok = rec.loaded.tokenizer
+    out = []
+    for cl in lists:
+        order = shown_order(cl.candidates)
+        shown = [cl.candidates[j] for j in order]
+        p = priors[str(cl.fold)] if isinstance(priors, dict) else priors
+        base = fusion.score(p.features(cl.history, shown, cl.retriever[order], None, fusion.names, fusion.max_history))
+        texts, labels = ranker.prompts([rec._items(sc, cl.history)], [[sc.catalog[i] for i in shown]],
+                                       sc.config.item_noun)  # fmt: skip
+        target = int(np.flatnonzero(order == cl.target)[0]) if cl.target >= 0 else -1
+        out.append(ResidualExample(cl.user_id, tok(texts[0], add_special_tokens=False)["input_ids"],
+                                   ranker.label_ids(labels[0]), base.astype(np.float32), target, tuple(shown)))  # fmt: skip
+    return out
+
+
+class SplitModel:
+    """A causal LM cut before layer ``cut``: :meth:`lower` gives the hidden states entering it,
+    :meth:`upper` runs the layers from ``cut`` up and returns the logits of the given tokens at the
+    last position. ``upper(lower(x))`` equals the whole model's logits (the tests check it)."""
+
+    def __init__(self, model, cut: int) -> None:
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder = causal.get_decoder()
+        self.head = causal.get_output_embeddings()
+        self.softcap = getattr(causal.config, "final_logit_softcapping", None)
+        n = self.decoder.config.num_hidden_layers
+        if not 0 < cut < n:
+            raise RagrecError(f"cut at layer {cut} of a {n}-layer model: need 0 < cut < {n}")
+        self.cut = cut
+
+    @contextmanager
+    def _layers(self, part: slice, norm: bool):
+        dec, cfg = self.decoder, self.decoder.config
+        saved = (dec.layers, cfg.num_hidden_layers, getattr(cfg, "layer_types", None), dec.norm)
+        layers = list(dec.layers)[part]
+        dec.layers = torch.nn.ModuleList(layers)
+        cfg.num_hidden_layers = len(layers)
+        if saved[2] is not None:
+            cfg.layer_types = list(saved[2])[part]
+        if not norm:
+            dec.norm = torch.nn.Identity()
+        try:
+            yield
+        finally:
+            dec.layers, cfg.num_hidden_layers, dec.norm = saved[0], saved[1], saved[3]
+            if saved[2] is not None:
+                cfg.layer_types = saved[2]
+
+    @torch.no_grad()
+    def lower(self, input_ids: Sequence[int]) -> torch.Tensor:
+        """(T, H) hidden states entering layer ``cut`` (no gradient)."""
+        device = self.head.weight.device
+        with self._layers(slice(0, self.cut), norm=False):
+            out = self.decoder(input_ids=torch.tensor([list(input_ids)], device=device), use_cache=False)
+        return out.last_hidden_state[0]
+
+    def upper(self, hidden: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+        """(C,) logits of ``token_ids`` at the last position, from (T, H) ``hidden``."""
+        with self._layers(slice(self.cut, None), norm=True):
+            h = self.decoder(inputs_embeds=hidden[None].to(self.head.weight.dtype), use_cache=False).last_hidden_state
+        ids = torch.tensor(list(token_ids), device=h.device)
+        logits = h[0, -1] @ self.head.weight[ids].T
+        if getattr(self.head, "bias", None) is not None:
+            logits = logits + self.head.bias[ids]
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float()
+
+
+class HiddenCache:
+    """The lower layers' output of each example, fp16 in one memory-mapped file under ``folder``."""
+
+    def __init__(self, split: SplitModel, examples: Sequence[ResidualExample], folder: Path, name: str,
+                 progress: bool = True) -> None:  # fmt: skip
+        hidden = split.head.weight.shape[1]
+        lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{name}.f16"
+        self.data = np.memmap(self.path, dtype=np.float16, mode="w+", shape=(max(int(self.offsets[-1]), 1), hidden))
+        start = time.perf_counter()
+        for j, ex in enumerate(tqdm(examples, desc=f"cache lower layers ({name})", disable=not progress, leave=False)):
+            self.data[self.offsets[j] : self.offsets[j + 1]] = split.lower(ex.input_ids).float().cpu().numpy()
+        self.data.flush()
+        self.seconds = time.perf_counter() - start
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.data[self.offsets[j] : self.offsets[j + 1]], dtype=np.float32))
+
+
+@dataclass
+class ResidualResult:
+    """The trained ranker: adapter folder, the served fusion (``f`` + ``llm_logp: scale``), and how
+    training went (validation curve, throughput, stop reason)."""
+
+    adapter: Path
+    fusion: FusionModel
+    scale: float
+    best_step: int
+    stop_reason: str
+    curve: list[tuple[int, float]]
+    timing: dict[str, float]
+    examples: int
+    notes: list[str] = field(default_factory=list)
+    model: Any = None
+
+
+def _ndcg(scored: Sequence[np.ndarray], examples: Sequence[ResidualExample], users: int) -> float:
+    """NDCG@10 over ``users`` users of which ``examples`` are those whose target was retrieved."""
+    ranks = np.full(users, np.inf)
+    for j, (s, ex) in enumerate(zip(scored, examples)):
+        ranks[j] = int((s >= s[ex.target]).sum())  # pessimistic on ties
+    return float(metric_table(ranks, (10,))["ndcg@10"])
+
+
+def train_residual(
+    rec: Recommender,
+    scenario: str | None,
+    train: Sequence[ResidualExample],
+    valid: Sequence[ResidualExample],
+    valid_users: int,
+    fusion: FusionModel,
+    config: ResidualConfig,
+    out: str | PathLike[str],
+    *,
+    progress: bool = True,
+) -> ResidualResult:
+    """Train the residual ranker on ``train`` and keep the state with the best validation NDCG@10
+    over ``valid_users`` users (``valid``: those whose target was retrieved; step 0 = the fusion
+    alone). Saves the adapter to ``out`` (atomically) with the served fusion in its metadata."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    from ragrec.inference.adapters import AdapterInfo, model_fingerprint, save_adapter
+
+    sc = rec.scenario(scenario)
+    loaded = rec.loaded
+    if loaded.quantization != "none":
+        raise RagrecError("the residual ranker trains on an unquantised base (its lower layers are cached)")
+    if not train or not valid:
+        raise RagrecError(f"{len(train)} training and {len(valid)} validation lists: need both")
+    out = Path(out)
+    fingerprint = model_fingerprint(loaded.model)
+    total = loaded.model.config.num_hidden_layers
+    cut = max(1, total - config.top_layers)
+    set_seed(config.seed)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=config.target_modules,
+                      layers_to_transform=list(range(cut, total)), task_type="CAUSAL_LM")  # fmt: skip
+    model = get_peft_model(loaded.model, lora)
+    loaded.model = model
+    split = SplitModel(model, cut)
+    work = out.with_name(out.name + ".work")
+    timing: dict[str, float] = {}
+    model.eval()
+    train_cache = HiddenCache(split, train, work, "train", progress)
+    valid_cache = HiddenCache(split, valid, work, "valid", progress)
+    timing["cache_seconds_per_example"] = (train_cache.seconds + valid_cache.seconds) / (len(train) + len(valid))
+    scale = torch.nn.Parameter(torch.zeros(()))
+    lora_params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": lora_params, "lr": config.learning_rate},
+                             {"params": [scale], "lr": config.scale_learning_rate}], weight_decay=0.0)  # fmt: skip
+    steps = max(1, math.ceil(len(train) * config.epochs / config.grad_accum))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    base_valid = [torch.from_numpy(e.base) for e in valid]
+
+    def validate() -> float:
+        model.eval()
+        with torch.no_grad():
+            scored = [(b + scale * torch.log_softmax(split.upper(valid_cache[j], e.letter_ids), 0)).numpy()
+                      for j, (e, b) in enumerate(zip(valid, base_valid))]  # fmt: skip
+        model.train()
+        return _ndcg(scored, valid, valid_users)
+
+    def snapshot() -> dict:
+        return {"lora": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                "scale": float(scale.detach())}  # fmt: skip
+
+    curve = [(0, validate())]
+    best, best_step, best_value, bad = snapshot(), 0, curve[0][1], 0
+    rng = np.random.default_rng(config.seed)
+    order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(config.epochs))])
+    order = order[: steps * config.grad_accum]
+    start, stop = time.perf_counter(), "completed"
+    bar = tqdm(total=steps, desc="residual ranker", disable=not progress)
+    model.train()
+    for step in range(1, steps + 1):
+        for j in order[(step - 1) * config.grad_accum : step * config.grad_accum]:
+            ex = train[j]
+            s = torch.from_numpy(ex.base) + scale * torch.log_softmax(split.upper(train_cache[j], ex.letter_ids), 0)
+            loss = torch.nn.functional.cross_entropy(s[None], torch.tensor([ex.target])) / config.grad_accum
+            loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        bar.update(1)
+        if step % config.eval_every == 0 or step == steps:
+            value = validate()
+            curve.append((step, value))
+            bar.set_postfix(ndcg10=f"{value:.4f}", scale=f"{float(scale.detach()):.3f}")
+            if value > best_value:
+                best, best_step, best_value, bad = snapshot(), step, value, 0
+            else:
+                bad += 1
+            if bad >= config.patience:
+                stop = f"early stopping (no validation NDCG@10 gain in {config.patience} validations)"
+                break
+        if config.max_minutes is not None and time.perf_counter() - start > config.max_minutes * 60:
+            stop = f"time limit of {config.max_minutes:g} min"
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+    timing["train_seconds"] = seconds
+    timing["train_seconds_per_example"] = seconds / max(1, step * config.grad_accum)
+    timing["examples_seen"] = float(step * config.grad_accum)
+    with torch.no_grad():  # the best state back
+        for n, p in model.named_parameters():
+            if n in best["lora"]:
+                p.copy_(best["lora"][n])
+    model.eval()
+    served = FusionModel(weights={**fusion.weights, "llm_logp": round(best["scale"], 6)}, max_history=fusion.max_history,
+                         fitted_on={**fusion.fitted_on, "llm_logp": "scale learned with the adapter"})  # fmt: skip
+    stop += f"; best validation at step {best_step}" + (" (the fusion without the LLM)" if best_step == 0 else "")
+    info = AdapterInfo(
+        base_model=loaded.source, base_fingerprint=fingerprint, scenario=sc.name, tasks={"rank": len(train)},
+        templates={"rank": f"{rec.template(sc, 'rank').scenario}/rank v{rec.template(sc, 'rank').version}"},
+        split="train (out-of-fold lists); valid (fusion, early stopping)",
+        metrics={"valid_ndcg@10_best": best_value, "valid_users": valid_users,
+                 "valid_curve": curve, "best_step": best_step, "served_fusion": served.model_dump()},
+        train={"config": config.model_dump(), "recipe": "residual", "seconds": round(seconds, 1), "steps": step,
+               "stop_reason": stop, "device": loaded.device, "examples": len(train), "timing": timing},
+    )  # fmt: skip
+    save_adapter(model, "default", out, info)
+    shutil.rmtree(work, ignore_errors=True)
+    return ResidualResult(out, served, best["scale"], best_step, stop, curve, timing, len(train), [], model)
