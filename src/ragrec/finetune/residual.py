@@ -6,7 +6,8 @@ first-stage score and item priors fitted on validation without the LLM
 ``i``'s letter, and ``scale`` a number learned with the LoRA adapter. Training minimises the
 cross-entropy of the target over each list's ``s``. The adapter's LoRA B matrices start at zero and
 ``scale`` at 0, so step 0 is exactly the fusion without the LLM; early stopping on validation
-NDCG@10 (step 0 included) keeps the best, so the worst outcome is that fusion, reported as such.
+NDCG@10 (step 0 included) keeps the best, so the worst outcome is that fusion, reported as such
+and then served alone (the LLM is not run for ranking; it stays for explain and chat).
 What is served is the same sum: a ``FusionModel`` whose weights are ``f``'s plus ``llm_logp:
 scale``, one code path (``Recommender.recommend``) for validation, evaluation and serving.
 
@@ -425,8 +426,12 @@ def train_residual(
             if n in best["lora"]:
                 p.copy_(best["lora"][n])
     model.eval()
-    served = FusionModel(weights={**fusion.weights, "llm_logp": round(best["scale"], 6)}, max_history=fusion.max_history,
-                         fitted_on={**fusion.fitted_on, "llm_logp": "scale learned with the adapter"})  # fmt: skip
+    if best_step == 0:  # the LLM did not help on validation: serve the fusion alone (the LLM is not run)
+        served = fusion
+    else:
+        served = FusionModel(weights={**fusion.weights, "llm_logp": round(best["scale"], 6)},
+                             max_history=fusion.max_history,
+                             fitted_on={**fusion.fitted_on, "llm_logp": "scale learned with the adapter"})  # fmt: skip
     stop += f"; best validation at step {best_step}" + (" (the fusion without the LLM)" if best_step == 0 else "")
     info = AdapterInfo(
         base_model=loaded.source, base_fingerprint=fingerprint, scenario=sc.name, tasks={"rank": len(train)},
