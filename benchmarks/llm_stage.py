@@ -41,13 +41,6 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _fit(lists, priors, names):
-    from ragrec.inference.fusion import fit_fusion
-
-    rows = [priors.features(cl.history, cl.candidates, cl.retriever, None, names) for cl in lists]
-    return fit_fusion(rows, [cl.target for cl in lists], names)
-
-
 def _prompt_tokens(rec, sc, lists) -> float:
     from ragrec.inference.rank import LetterRanker
 
@@ -63,15 +56,8 @@ def run(args) -> None:
     from ragrec.eval.llm import llm_results, sample_users, score_llm, slot_bias, split_priors
     from ragrec.eval.protocol import beyond_context
     from ragrec.eval.report import compare, write_report
-    from ragrec.finetune.residual import (
-        ResidualConfig,
-        out_of_fold_lists,
-        residual_examples,
-        serving_lists,
-        train_residual,
-    )
+    from ragrec.finetune.residual import ResidualConfig, finetune_residual
     from ragrec.inference import load_model
-    from ragrec.inference.fusion import FEATURES, LLM_FEATURES
     from ragrec.inference.recommender import Recommender, RecommenderConfig
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -84,33 +70,16 @@ def run(args) -> None:
     cfg = ResidualConfig(examples=args.examples, epochs=args.epochs, top_layers=args.top_layers,
                          valid_users=args.valid_users, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
 
-    # (e) and (g): fusions without the LLM, fitted on every validation user's served list
-    priors_v, priors_t = split_priors(sc, "valid"), split_priors(sc, args.split)
-    vlists = serving_lists(sc, "valid", None, cfg.candidates)
-    names_e = [n for n in FEATURES if n not in LLM_FEATURES]
-    names_g = [n for n in names_e if n != "retriever"]
-    fusion_e, fusion_g = _fit(vlists, priors_v, names_e), _fit(vlists, priors_v, names_g)
-    _log(f"fusion without the LLM: {fusion_e.weights}")
-
-    lists, fold_priors, oof = out_of_fold_lists(sc, cfg)
-    _log(f"out-of-fold lists: {oof}")
-    rng = np.random.default_rng(cfg.seed)
-    picked = sorted(rng.choice(len(lists), size=min(cfg.examples or len(lists), len(lists)), replace=False))
-    train_lists = [lists[j] for j in picked]
-    valid_ids = set(sample_users(sorted(cl.user_id for cl in vlists), cfg.valid_users, seed=cfg.seed))
-    valid_sample = [cl for cl in vlists if cl.user_id in valid_ids]
-    t0 = time.perf_counter()
-    train_ex = residual_examples(rec, sc, train_lists, fusion_e, fold_priors)
-    valid_ex = residual_examples(rec, sc, [cl for cl in valid_sample if cl.target >= 0], fusion_e, priors_v)
-    render_seconds = (time.perf_counter() - t0) / (len(train_ex) + len(valid_ex))
+    # (e) and (g) are fitted on validation inside the recipe (the anchor and the priors-only fusion)
+    run_ = finetune_residual(rec, sc.name, cfg, args.work / "llm_stage_adapter")
+    result, fusion_e, fusion_g, oof = run_.result, run_.anchor, run_.priors_only, run_.out_of_fold
+    names_e, names_g = fusion_e.names, fusion_g.names
+    train_ex, render_seconds = run_.train_examples, run_.render_seconds_per_example
+    out = result.adapter
     tokens = {"compact": float(np.mean([len(e.input_ids) for e in train_ex]))}
     default_rec = Recommender(loaded, [sc], RecommenderConfig(model=args.model))
-    tokens["default_budget"] = _prompt_tokens(default_rec, sc, train_lists[:200])
-    _log(f"{len(train_ex)} training lists, {len(valid_ex)} of {len(valid_sample)} validation users retrieved; "
-         f"prompt tokens {tokens}")  # fmt: skip
-
-    out = args.work / "llm_stage_adapter"
-    result = train_residual(rec, sc.name, train_ex, valid_ex, len(valid_sample), fusion_e, cfg, out)
+    tokens["default_budget"] = _prompt_tokens(default_rec, sc, run_.train_lists[:200])
+    _log(f"out-of-fold lists: {oof}; anchor fusion {fusion_e.weights}; prompt tokens {tokens}")
     _log(f"trained: {result.stop_reason}; scale {result.scale:.4f}; curve {result.curve}; timing {result.timing}")
 
     # serve: the adapter, the residual fusion and the shuffled order, through the Recommender
@@ -118,6 +87,7 @@ def run(args) -> None:
     rec.scenarios[sc.name] = dataclasses.replace(sc, config=served_cfg, adapter=out)
     rec.adapter_names[sc.name] = "default"
     split = args.split  # "valid" while developing a recipe: nothing is logged as a test run
+    priors_t = split_priors(sc, split)
     users = sample_users(sorted(sc.data.targets(split)), args.test_users, seed=cfg.seed)
     t0 = time.perf_counter()
     test = score_llm(rec, sc.name, split=split, users=users, retrieved_only=True)
@@ -160,8 +130,8 @@ def run(args) -> None:
         "out_of_fold": oof,
         "training": {
             "examples": len(train_ex),
-            "valid_users": len(valid_sample),
-            "valid_retrieved": len(valid_ex),
+            "valid_users": run_.valid_users,
+            "valid_retrieved": run_.valid_examples,
             "stop_reason": result.stop_reason,
             "best_step": result.best_step,
             "scale": result.scale,

@@ -290,8 +290,10 @@ def _csvs(tmp_path, data, prefix):
     return tmp_path / f"{prefix}_ratings.csv", tmp_path / f"{prefix}_items.csv"
 
 
-TINY_FT = ["max_steps=2", "eval_steps=1", "eval_users=4", "examples=8", "candidates=6", "grad_accum=2", "lora_r=2",
-           "lora_layers=1"]  # fmt: skip
+TINY_FT = ["recipe=classic", "max_steps=2", "eval_steps=1", "eval_users=4", "examples=8", "candidates=6",
+           "grad_accum=2", "lora_r=2", "lora_layers=1"]  # fmt: skip
+TINY_RESIDUAL = ["residual.examples=12", "residual.epochs=1", "residual.top_layers=1", "residual.grad_accum=2",
+                 "residual.eval_every=2", "residual.valid_users=10", "residual.lora_r=2", "residual.folds=2"]  # fmt: skip
 
 
 def test_scenario_new_and_finetune_from_two_csvs(tiny_lm_dir, tmp_path):
@@ -325,6 +327,43 @@ def test_scenario_new_and_finetune_from_two_csvs(tiny_lm_dir, tmp_path):
     code, _, err = run_cli("scenario", "new", "bad", "--interactions", str(tmp_path / "bad.csv"), "--root",
                            str(tmp_path / "sc"))  # fmt: skip
     assert code == 2 and "user_id" in err and "who, what" in err
+
+
+def test_finetune_picks_the_residual_recipe_by_default(tiny_lm_dir, tmp_path):
+    from conftest import run_cli
+
+    inter, items = _csvs(tmp_path, movie_data(), "m")
+    code, _, err = run_cli("scenario", "new", "films", "--interactions", str(inter), "--items", str(items),
+                           "--item-noun", "movie", "--root", str(tmp_path / "sc"))  # fmt: skip
+    assert code == 0, err
+    args = [a for s in TINY_RESIDUAL for a in ("--set", s)]
+    code, out, err = run_cli("finetune", "--scenario", "films", "--root", str(tmp_path / "sc"), "--model",
+                             str(tiny_lm_dir), *args)  # fmt: skip
+    assert code == 0, err
+    assert "recipe: residual (auto: a rank-only mixture over an EASE first stage)" in out
+    assert "out-of-fold lists:" in out and "validation NDCG@10: step 0:" in out
+    rec = Recommender.from_pretrained(tmp_path / "sc" / "films" / "recommender")
+    sc = rec.scenario("films")
+    assert sc.config.candidate_order == "shuffled" and sc.config.fusion is not None
+    info = read_adapter_info(tmp_path / "sc" / "films" / "recommender" / "scenarios" / "films" / "adapter")
+    assert info.train["recipe"] == "residual" and info.metrics["served_fusion"] == sc.config.fusion.model_dump()
+    user = next(iter(sc.histories))
+    assert len(rec.recommend(user, k=3).items) == 3
+    # asking for the residual recipe where it cannot apply is refused, not silently switched
+    code, _, err = run_cli("finetune", "--scenario", "films", "--root", str(tmp_path / "sc"), "--model",
+                           str(tiny_lm_dir), "--set", "recipe=residual", "--set", "mixture={rank: 1, rate: 1}")  # fmt: skip
+    assert code != 0 and "rank only" in err
+
+
+def test_dotted_settings_merge_into_nested_ones():
+    from ragrec.config import merge_settings, parse_overrides
+
+    ov = parse_overrides(["residual.examples=5", "epochs=2"])
+    assert ov == {"residual": {"examples": 5}, "epochs": 2}
+    merged = merge_settings({"residual": {"examples": 1, "folds": 3}, "epochs": 1}, ov)
+    assert merged == {"residual": {"examples": 5, "folds": 3}, "epochs": 2}
+    with pytest.raises(RagrecError, match="key=value"):
+        parse_overrides(["residual.=3"])
 
 
 def test_two_finetuned_scenarios_in_one_process(tiny_lm_dir, tmp_path):

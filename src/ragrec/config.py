@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from ragrec.errors import DataFormatError, RagrecError
 
-__all__ = ["load_config", "parse_overrides", "model_from_yaml", "validation_message"]
+__all__ = ["load_config", "parse_overrides", "merge_settings", "model_from_yaml", "validation_message"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,13 +81,28 @@ def model_from_yaml(model: type[M], path: str | PathLike[str]) -> M:
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["epochs=50", "dropout=0.2"]`` -> ``{"epochs": 50, "dropout": 0.2}`` (values parsed as YAML)."""
+    """``["epochs=50", "dropout=0.2"]`` -> ``{"epochs": 50, "dropout": 0.2}`` (values parsed as YAML);
+    a dotted key sets a nested setting: ``residual.examples=500`` -> ``{"residual": {"examples": 500}}``."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        parts = [k.strip() for k in key.split(".")]
+        if not sep or not all(parts):
             raise RagrecError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        where = out
+        for k in parts[:-1]:
+            where = where.setdefault(k, {})
+            if not isinstance(where, dict):
+                raise RagrecError(f"--set {pair!r}: {k!r} is set to a value and to nested keys")
+        where[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top, nested mappings merged key by key (not replaced whole)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge_settings(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

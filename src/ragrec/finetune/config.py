@@ -6,15 +6,52 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["FinetuneConfig", "TASKS"]
+__all__ = ["FinetuneConfig", "ResidualConfig", "TASKS"]
 
 TASKS = ("rank", "rate", "explain")
+
+
+class ResidualConfig(BaseModel):
+    """Settings of the residual ranker's training. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folds: int = Field(5, ge=2, description="Out-of-fold retrievers for the training lists (users split in folds).")
+    candidates: int = Field(20, ge=2, le=100, description="Candidates per list (one is the target).")
+    examples: int | None = Field(
+        3000, ge=1, description="Training lists sampled from all eligible positions (None: every one)."
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the examples.")
+    top_layers: int = Field(
+        4, ge=1, description="Transformer layers with LoRA, counted from the top; the rest is cached."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters (in the top layers only).",
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights.")
+    scale_learning_rate: float = Field(2e-2, gt=0, description="AdamW learning rate of the LLM's scale.")
+    grad_accum: int = Field(8, ge=1, description="Examples per optimizer step.")
+    eval_every: int = Field(50, ge=1, description="Optimizer steps between validations.")
+    valid_users: int = Field(300, ge=10, description="Validation users scored at each validation.")
+    patience: int = Field(4, ge=1, description="Validations without improvement before stopping.")
+    max_minutes: float | None = Field(None, gt=0, description="Time limit of the training loop (best state kept).")
+    seed: int = Field(0, description="Folds, sampling, shuffles, LoRA init.")
 
 
 class FinetuneConfig(BaseModel):
     """How a scenario's adapter is trained. Unknown keys are rejected (the error names them)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    recipe: Literal["auto", "residual", "classic"] = Field(
+        "auto", description="residual: the retriever-anchored ranker (ragrec.finetune.residual; rank only, EASE first "
+        "stage; settings in `residual`); classic: instruction tuning on the mixture below; auto: residual where it "
+        "applies (a rank-only mixture over an EASE retriever), else classic, and says which.",
+    )  # fmt: skip
+    residual: ResidualConfig = Field(default_factory=ResidualConfig, description="Settings of the residual recipe.")
 
     # ---- examples (all from training-split interactions only)
     mixture: dict[str, float] = Field(

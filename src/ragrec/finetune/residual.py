@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from ragrec import schema as S
 from ragrec.errors import RagrecError
+from ragrec.finetune.config import ResidualConfig
 from ragrec.inference.fusion import FusionModel, ItemPriors
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.recommender import Recommender, Scenario, shown_order
@@ -61,37 +61,9 @@ __all__ = [
     "residual_examples",
     "SplitModel",
     "train_residual",
+    "finetune_residual",
+    "ResidualRun",
 ]
-
-
-class ResidualConfig(BaseModel):
-    """Settings of the residual ranker's training. Unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    folds: int = Field(5, ge=2, description="Out-of-fold retrievers for the training lists (users split in folds).")
-    candidates: int = Field(20, ge=2, le=100, description="Candidates per list (one is the target).")
-    examples: int | None = Field(
-        5000, ge=1, description="Training lists sampled from all eligible positions (None: every one)."
-    )
-    epochs: float = Field(2.0, gt=0, description="Passes over the examples.")
-    top_layers: int = Field(
-        4, ge=1, description="Transformer layers with LoRA, counted from the top; the rest is cached."
-    )
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Module names that get adapters (in the top layers only).",
-    )
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights.")
-    scale_learning_rate: float = Field(2e-2, gt=0, description="AdamW learning rate of the LLM's scale.")
-    grad_accum: int = Field(8, ge=1, description="Examples per optimizer step.")
-    eval_every: int = Field(50, ge=1, description="Optimizer steps between validations.")
-    valid_users: int = Field(300, ge=10, description="Validation users scored at each validation.")
-    patience: int = Field(4, ge=1, description="Validations without improvement before stopping.")
-    max_minutes: float | None = Field(None, gt=0, description="Time limit of the training loop (best state kept).")
-    seed: int = Field(0, description="Folds, sampling, shuffles, LoRA init.")
 
 
 @dataclass
@@ -176,6 +148,7 @@ def serving_lists(sc: Scenario, split: str, users: Sequence[str] | None, k: int)
     all_users, histories, targets = eval_users(sc.data, split)
     wanted = set(users) if users is not None else None
     rows = [j for j, u in enumerate(all_users) if wanted is None or u in wanted]
+    k = min(k, len(sc.retriever.index))  # as the Recommender retrieves
     results = sc.retriever.retrieve(histories=[list(histories[j]) for j in rows], k=k)
     out = []
     for j, res in zip(rows, results):
@@ -445,3 +418,63 @@ def train_residual(
     save_adapter(model, "default", out, info)
     shutil.rmtree(work, ignore_errors=True)
     return ResidualResult(out, served, best["scale"], best_step, stop, curve, timing, len(train), [], model)
+
+
+def _fit_anchor(lists: Sequence[CandidateList], priors: ItemPriors, names: Sequence[str]) -> FusionModel:
+    """A fusion over ``names`` (no LLM) fitted on ``lists`` (the priors read the last 20 history items)."""
+    from ragrec.inference.fusion import fit_fusion
+
+    rows = [priors.features(cl.history, cl.candidates, cl.retriever, None, names) for cl in lists]
+    return fit_fusion(rows, [cl.target for cl in lists], names)
+
+
+@dataclass
+class ResidualRun:
+    """Everything :func:`finetune_residual` did: the trained ranker, the anchor fusion (and the
+    priors-only fusion, for reports), the out-of-fold report and the example counts."""
+
+    result: ResidualResult
+    anchor: FusionModel
+    priors_only: FusionModel
+    out_of_fold: dict[str, Any]
+    train_lists: list[CandidateList]
+    train_examples: list[ResidualExample]
+    valid_users: int
+    valid_examples: int
+    render_seconds_per_example: float
+
+
+def finetune_residual(
+    rec: Recommender, scenario: str | None, config: ResidualConfig, out: str | PathLike[str], *, progress: bool = True
+) -> ResidualRun:
+    """The whole recipe on one scenario of ``rec`` (see module docstring): the anchor fusion of
+    the first stage and item priors fitted on every validation user's served list, out-of-fold
+    training lists (``config.examples`` of them sampled), validation on ``config.valid_users``
+    users, training, and the adapter saved to ``out`` with the fusion to serve."""
+    from ragrec.eval.llm import sample_users, split_priors
+    from ragrec.inference.fusion import FEATURES, LLM_FEATURES
+
+    sc = rec.scenario(scenario)
+    if config.candidates != rec.config.candidates:
+        raise RagrecError(f"the residual ranker trains on lists of {config.candidates} but the recommender serves "
+                          f"{rec.config.candidates} candidates: make them equal")  # fmt: skip
+    priors_v = split_priors(sc, S.VALID)
+    vlists = serving_lists(sc, S.VALID, None, config.candidates)
+    names = [n for n in FEATURES if n not in LLM_FEATURES]
+    anchor = _fit_anchor(vlists, priors_v, names)
+    priors_only = _fit_anchor(vlists, priors_v, [n for n in names if n != "retriever"])
+    lists, fold_priors, oof = out_of_fold_lists(sc, config, progress=progress)
+    if not lists:
+        raise RagrecError(f"no training position of scenario {sc.name!r} has its target among {config.candidates} "
+                          "out-of-fold candidates")  # fmt: skip
+    rng = np.random.default_rng(config.seed)
+    picked = sorted(rng.choice(len(lists), size=min(config.examples or len(lists), len(lists)), replace=False))
+    wanted = set(sample_users(sorted(cl.user_id for cl in vlists), config.valid_users, seed=config.seed))
+    valid_lists = [cl for cl in vlists if cl.user_id in wanted]
+    start = time.perf_counter()
+    train_lists = [lists[j] for j in picked]
+    train = residual_examples(rec, sc, train_lists, anchor, fold_priors)
+    valid = residual_examples(rec, sc, [cl for cl in valid_lists if cl.target >= 0], anchor, priors_v)
+    render = (time.perf_counter() - start) / max(1, len(train) + len(valid))
+    result = train_residual(rec, sc.name, train, valid, len(valid_lists), anchor, config, out, progress=progress)
+    return ResidualRun(result, anchor, priors_only, oof, train_lists, train, len(valid_lists), len(valid), render)

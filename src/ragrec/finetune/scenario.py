@@ -280,7 +280,9 @@ def run_scenario(
 
     folder = Path(folder)
     spec = load_spec(folder)
-    config = FinetuneConfig(**{**spec.finetune.model_dump(), **(overrides or {})})
+    from ragrec.config import merge_settings
+
+    config = FinetuneConfig(**merge_settings(spec.finetune.model_dump(), overrides or {}))
     rec_config = RecommenderConfig(**{**spec.recommender, "model": model or spec.model})
     echo(f"reading {spec.data.interactions.path} ...")
     raw = load_tabular(mapping=spec.data, name=spec.name, scenario=spec.name)
@@ -293,21 +295,27 @@ def run_scenario(
     sc = build_scenario(data, spec.name, item_noun=spec.item_noun, encoder=spec.retriever, text=spec.text)
     if (folder / "templates").is_dir():
         sc.templates = TemplateRegistry().load_dir(folder / "templates")
+    recipe, why = choose_recipe(config, sc)
+    echo(f"recipe: {recipe} ({why})")
     cuda = torch.cuda.is_available()
-    quant = "4bit" if cuda and config.quantization in ("auto", "4bit") else "none"
-    if config.quantization == "4bit" and not cuda:
+    quant = "4bit" if cuda and config.quantization in ("auto", "4bit") and recipe == "classic" else "none"
+    if config.quantization == "4bit" and recipe == "residual":
+        echo("the residual recipe caches the frozen layers' output: it trains on an unquantised base")
+    elif config.quantization == "4bit" and not cuda:
         echo("quantization 4bit (QLoRA) needs CUDA; training a plain LoRA on the CPU instead")
     loaded = loaded or load_model(rec_config.model, quantization=quant, device=rec_config.device)
-    echo(
-        f"fine-tuning on {loaded.device} ({loaded.quantization}): {config.examples} examples, mixture {config.mixture}"
-    )
-    result = finetune(loaded, sc, config, folder / "adapter", rec_config=rec_config, resume=resume,
-                      progress=progress)  # fmt: skip
-    curve = ", ".join(f"step {s}: {v:.4f}" for s, v in result.info.metrics["valid_curve"])
-    echo(f"trained in {result.train_seconds / 60:.1f} min, {result.steps} steps ({result.stop_reason}); "
-         f"validation NDCG@10: {curve}")  # fmt: skip
-    for note in result.notes:
-        echo(f"note: {note}")
+    if recipe == "residual":
+        result = _run_residual(loaded, sc, config, rec_config, folder / "adapter", echo, progress)
+    else:
+        echo(f"fine-tuning on {loaded.device} ({loaded.quantization}): {config.examples} examples, "
+             f"mixture {config.mixture}")  # fmt: skip
+        result = finetune(loaded, sc, config, folder / "adapter", rec_config=rec_config, resume=resume,
+                          progress=progress)  # fmt: skip
+        curve = ", ".join(f"step {s}: {v:.4f}" for s, v in result.info.metrics["valid_curve"])
+        echo(f"trained in {result.train_seconds / 60:.1f} min, {result.steps} steps ({result.stop_reason}); "
+             f"validation NDCG@10: {curve}")  # fmt: skip
+        for note in result.notes:
+            echo(f"note: {note}")
     sc.adapter = folder / "adapter"
     scenarios = [sc]
     if add_to is not None:
@@ -318,9 +326,52 @@ def run_scenario(
     echo(f"registered scenario {spec.name!r} with its adapter in {target} "
          f"(scenarios: {', '.join(s.name for s in scenarios)})")  # fmt: skip
     fusion = None
-    if config.fusion_users and "rank" in config.mixture:
+    if recipe == "classic" and config.fusion_users and "rank" in config.mixture:
         fusion = choose_served_fusion(target, spec.name, config.fusion_users, echo=echo, progress=progress)
     return ScenarioRun(spec, result, target, stats, fusion)
+
+
+def choose_recipe(config: FinetuneConfig, sc) -> tuple[str, str]:
+    """Which recipe ``config`` asks for on scenario ``sc``, and why (``auto``: residual where it applies)."""
+    from ragrec.retrieval import EASEEncoder
+
+    rank_only = set(config.mixture) == {"rank"}
+    ease = isinstance(sc.retriever.encoder, EASEEncoder)
+    if config.recipe == "residual" and not (rank_only and ease):
+        raise RagrecError("recipe 'residual' trains the rank task over an EASE first stage: "
+                          + ("set mixture to rank only" if not rank_only else "the scenario's retriever is not EASE"))  # fmt: skip
+    if config.recipe == "classic":
+        return "classic", "asked for"
+    if config.recipe == "residual":
+        return "residual", "asked for"
+    if rank_only and ease:
+        return "residual", "auto: a rank-only mixture over an EASE first stage"
+    return "classic", "auto: " + ("the mixture has other tasks than rank" if not rank_only
+                                  else f"out-of-fold lists need an EASE first stage, not {sc.retriever.encoder.kind}")  # fmt: skip
+
+
+def _run_residual(loaded, sc, config: FinetuneConfig, rec_config, out: Path, echo, progress: bool):
+    """The residual recipe; the scenario then serves its fusion over a fixed shuffle of the list."""
+    from ragrec.finetune.residual import finetune_residual
+    from ragrec.inference import Recommender
+
+    rconfig = config.residual.model_copy(update={"candidates": rec_config.candidates})
+    echo(f"residual ranker on {loaded.device}: up to {rconfig.examples} out-of-fold lists x {rconfig.epochs:g} epochs, "
+         f"LoRA on the top {rconfig.top_layers} layers")  # fmt: skip
+    run = finetune_residual(Recommender(loaded, [sc], rec_config), sc.name, rconfig, out, progress=progress)
+    res = run.result
+    oof = run.out_of_fold
+    echo(f"out-of-fold lists: {oof['lists_with_target']} of {oof['positions']} training positions hold their target "
+         f"(recall@{rconfig.candidates} {oof[f'oof_recall@{rconfig.candidates}']}; in-sample "
+         f"{oof[f'in_sample_recall@{rconfig.candidates}']})")  # fmt: skip
+    curve = ", ".join(f"step {s}: {v:.4f}" for s, v in res.curve)
+    echo(f"trained in {res.timing['train_seconds'] / 60:.1f} min ({res.stop_reason}); validation NDCG@10: {curve}")
+    if res.best_step == 0:
+        echo("the LLM did not improve the validation ranking: the scenario serves the first stage + item priors "
+             "fusion (the LLM is kept for explain and chat)")  # fmt: skip
+    sc.config.fusion = res.fusion
+    sc.config.candidate_order = "shuffled"
+    return res
 
 
 def choose_served_fusion(rec_dir: Path, scenario: str, users: int, *, echo=print, progress: bool = True) -> dict:
