@@ -272,7 +272,7 @@ def fitted_rows(valid, test, sc, specs: list[tuple[str, str, list[str]]]) -> tup
 
 def learned_rows(valid, test, sc, llm: str, tags: tuple[str, str] = ("", "")) -> tuple[dict, dict]:
     """The retriever + item priors without the LLM, then with the ``llm``'s score too."""
-    from ragrec.inference.fusion import FEATURES
+    from ragrec.inference.fusion import DEFAULT_FEATURES as FEATURES
 
     return fitted_rows(valid, test, sc, [(f"{tags[0]}retriever + item priors, learned fusion (no LLM)", "priors",
                                           [n for n in FEATURES if n != "llm"]),
@@ -284,7 +284,7 @@ def content_rows(valid, test, sc, tag: str = "") -> tuple[dict, dict]:
     """Item priors alone (no retriever, no LLM): how well the attributes a prompt shows (popularity
     aside: titles, categories, years) can order the candidates, i.e. the most a position-neutral LLM
     could get from matching them without knowing which items go together."""
-    from ragrec.inference.fusion import FEATURES
+    from ragrec.inference.fusion import DEFAULT_FEATURES as FEATURES
 
     names = [n for n in FEATURES if n not in ("llm", "retriever")]
     return fitted_rows(valid, test, sc, [(f"{tag}item priors alone, learned (no retriever, no LLM)", "content",

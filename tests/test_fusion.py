@@ -10,7 +10,15 @@ from pydantic import ValidationError
 from conftest import hash_embedder, tiny_scenario
 from ragrec.errors import RagrecError
 from ragrec.eval.llm import LLMScores, llm_results, slot_bias, slot_calibrated
-from ragrec.inference import FEATURES, FusionModel, ItemPriors, Recommender, RecommenderConfig, fit_fusion, load_model
+from ragrec.inference import (
+    DEFAULT_FEATURES,
+    FusionModel,
+    ItemPriors,
+    Recommender,
+    RecommenderConfig,
+    fit_fusion,
+    load_model,
+)
 from ragrec.types import Item
 
 CATALOG = {
@@ -25,7 +33,7 @@ def test_features_match_hand_computation():
     priors = ItemPriors.from_histories(CATALOG, [["a", "b"], ["a"], ["a", "c"]])
     x = priors.features(["b", "a", "a"], ["a", "b", "c", "d"], np.array([1.0, 2.0, 3.0, 4.0]),
                         np.array([0.0, 0.0, 0.0, 1.0]), max_history=2)  # fmt: skip
-    cols = dict(zip(FEATURES, x.T))
+    cols = dict(zip(DEFAULT_FEATURES, x.T))
     sd = np.std([1, 2, 3, 4])
     assert cols["retriever"] == pytest.approx((np.array([1, 2, 3, 4]) - 2.5) / sd)
     assert cols["llm"] == pytest.approx(np.array([-1, -1, -1, 3]) / np.sqrt(3))
@@ -146,6 +154,14 @@ def test_choose_fusion_keeps_a_learned_fusion_only_when_it_wins_out_of_sample():
     weight, fusion, report = choose_fusion(scores, priors)
     assert fusion is not None and fusion.weights["popularity"] > 1.0
     assert report["out_of_sample_ndcg@10"]["learned"] > report["out_of_sample_ndcg@10"]["weight"]
+    # the LLM is noise here: the fusion without it is served, and the LLM is not run for ranking
+    assert not fusion.uses_llm and report["served"].startswith("retriever + item priors without the LLM")
+    assert report["out_of_sample_ndcg@10"]["no_llm"] >= report["out_of_sample_ndcg@10"]["learned"]
+    # an LLM that knows the target is kept
+    knowing = [np.where(np.arange(20) == p, 3.0, 0.0) + rng.normal(size=20) for p in pos]
+    told = LLMScores("d", "valid", users, cands, retr, knowing, np.array(pos), [[] for _ in users])
+    _, fusion, report = choose_fusion(told, priors)
+    assert fusion is not None and fusion.uses_llm and report["served"] == "learned fusion with the LLM"
     few = scores.subset(range(12))
     weight, fusion, report = choose_fusion(few, priors)
     assert (

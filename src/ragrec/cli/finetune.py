@@ -79,13 +79,13 @@ def finetune_cmd(
 ) -> None:
     """Prepare data, train the retriever, build examples, train the LoRA adapter with validation,
     and register a recommender that serves the scenario with its adapter."""
-    from ragrec.config import load_config, parse_overrides
+    from ragrec.config import load_config, merge_settings, parse_overrides
     from ragrec.finetune import FinetuneConfig
     from ragrec.finetune.scenario import run_scenario
 
     overrides = parse_overrides(set_)
     if config is not None:
-        overrides = {**load_config(FinetuneConfig, config, section="finetune").model_dump(exclude_unset=True),
-                     **overrides}  # fmt: skip
+        from_file = load_config(FinetuneConfig, config, section="finetune").model_dump(exclude_unset=True)
+        overrides = merge_settings(from_file, overrides)
     run_scenario(_folder(scenario, root), overrides=overrides, model=model, out=out, add_to=add_to, resume=resume,
                  echo=typer.echo)  # fmt: skip

@@ -222,7 +222,7 @@ def eval_llm_cmd(
     )
     from ragrec.eval.protocol import beyond_context
     from ragrec.eval.report import compare, write_report
-    from ragrec.inference.fusion import FEATURES
+    from ragrec.inference.fusion import DEFAULT_FEATURES
 
     rec = _load(rec_dir, quantization, device)
     rec.config.permutations = permutations
@@ -250,7 +250,10 @@ def eval_llm_cmd(
     if tune_users and learned_fusion:
         priors = {split: split_priors(sc, split) for split in (S.VALID, S.TEST)}
         window = rec.config.max_history
-        for label, names in (("item priors, no LLM", [n for n in FEATURES if n != "llm"]), (llm, list(FEATURES))):
+        for label, names in (
+            ("item priors, no LLM", [n for n in DEFAULT_FEATURES if n != "llm"]),
+            (llm, list(DEFAULT_FEATURES)),
+        ):
             try:
                 fusion = fit_learned_fusion(valid, priors[S.VALID], names, max_history=window)
             except RagrecError as e:  # too few validation targets retrieved: reported, not hidden

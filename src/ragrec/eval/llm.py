@@ -20,7 +20,7 @@ from ragrec import schema as S
 from ragrec.errors import RagrecError
 from ragrec.eval.beyond import BeyondContext
 from ragrec.eval.protocol import EvalResult, eval_users
-from ragrec.inference.fusion import FEATURES, FusionModel, ItemPriors, fit_fusion
+from ragrec.inference.fusion import DEFAULT_FEATURES, LLM_FEATURES, FusionModel, ItemPriors, fit_fusion
 from ragrec.inference.recommender import Recommender, fuse_scores
 from ragrec.ranking import check_finite, metric_table
 
@@ -179,38 +179,51 @@ def fit_learned_fusion(
 def choose_fusion(
     valid: LLMScores,
     priors: ItemPriors,
-    names: Sequence[str] = tuple(FEATURES),
+    names: Sequence[str] = DEFAULT_FEATURES,
     seed: int = 0,
     max_history: int = 20,
 ) -> tuple[float, FusionModel | None, dict]:
-    """How to fuse the LLM with the retriever, decided on validation scores: the fusion weight of
-    :func:`choose_fusion_weight`, and a learned fusion kept only if it beats that weight out of
-    sample (2-fold cross-fitting over the users: fit on one half, score the other; refit on all
-    when kept). Returns ``(weight, fusion or None, report)``."""
+    """What to serve, decided on validation scores out of sample (2-fold cross-fitting over the
+    users: fit on one half, score the other): the fusion weight of :func:`choose_fusion_weight`, a
+    learned fusion with the LLM, or the learned fusion of the retriever and item priors *without*
+    the LLM. The LLM is kept only where it beats that last one out of sample; the winner is refit on
+    all users. Returns ``(weight, fusion or None, report)``; a fusion without the LLM means the
+    scenario ranks without running the LLM."""
     weight, tried = choose_fusion_weight(valid)
     report: dict = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
+    plain = [n for n in names if n not in LLM_FEATURES]
     rows = valid.fusion_rows(priors, names, max_history)
+    cols = [list(names).index(n) for n in plain]
     idx = np.random.default_rng(seed).permutation(len(valid.users))
     folds = [np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2 :])]
-    ranks: dict[str, list[np.ndarray]] = {"weight": [], "learned": []}
+    ranks: dict[str, list[np.ndarray]] = {"weight": [], "learned": [], "no_llm": []}
     try:
         for k in (0, 1):
             fit, held = folds[1 - k], folds[k]
             w, _ = choose_fusion_weight(valid.subset(fit))
             model = fit_fusion([rows[j] for j in fit], valid.target_pos[fit], names, max_history=max_history)
+            bare = fit_fusion([rows[j][:, cols] for j in fit], valid.target_pos[fit], plain, max_history=max_history)
             part = valid.subset(held)
             ranks["weight"].append(part.ranks(w))
             ranks["learned"].append(part.ranks([model.score(rows[j]) for j in held]))
+            ranks["no_llm"].append(part.ranks([bare.score(rows[j][:, cols]) for j in held]))
     except RagrecError as e:  # too few retrieved targets to fit: the weight alone, said in the report
         report["learned_fusion"] = f"not fitted: {e}"
         return weight, None, report
     oof = {key: metric_table(np.concatenate(r), (10,))["ndcg@10"] for key, r in ranks.items()}
     report["out_of_sample_ndcg@10"] = oof
+    if oof["no_llm"] >= max(oof["weight"], oof["learned"]):
+        fusion = fit_learned_fusion(valid, priors, plain, max_history=max_history)
+        report["learned_fusion"] = fusion.model_dump()
+        report["served"] = "retriever + item priors without the LLM: the LLM did not beat it out of sample"
+        return weight, fusion, report
     if oof["learned"] <= oof["weight"]:
         report["learned_fusion"] = "not kept: no better than the fusion weight out of sample"
+        report["served"] = "fusion weight"
         return weight, None, report
     fusion = fit_learned_fusion(valid, priors, names, max_history=max_history)
     report["learned_fusion"] = fusion.model_dump()
+    report["served"] = "learned fusion with the LLM"
     return weight, fusion, report
 
 

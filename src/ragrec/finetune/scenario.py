@@ -389,8 +389,12 @@ def choose_served_fusion(rec_dir: Path, scenario: str, users: int, *, echo=print
     sc.config.fusion_weight, sc.config.fusion = weight, fusion
     save_scenario_config(rec_dir, sc.config)
     oof = report.get("out_of_sample_ndcg@10", {})
-    how = "a learned fusion" if fusion is not None else f"the fusion weight {weight:g}"
+    if fusion is None:
+        how = f"the fusion weight {weight:g}"
+    else:
+        how = "a learned fusion" if fusion.uses_llm else "the retriever + item priors fusion without the LLM"
+    oof_keys = {"weight": "weight", "learned": "learned", "no_llm": "no LLM"}
     echo(f"serving {scenario!r} with {how} (chosen on {len(picked)} validation users"
-         + (f"; out of sample NDCG@10: weight {oof['weight']:.4f}, learned {oof['learned']:.4f}" if oof else "")
+         + ("; out of sample NDCG@10: " + ", ".join(f"{oof_keys[k]} {v:.4f}" for k, v in oof.items()) if oof else "")
          + ")")  # fmt: skip
     return report

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ragrec.errors import RagrecError
 from ragrec.types import Item
 
-__all__ = ["FEATURES", "FusionModel", "ItemPriors", "fit_fusion", "uses_llm"]
+__all__ = ["FEATURES", "DEFAULT_FEATURES", "LLM_FEATURES", "FusionModel", "ItemPriors", "fit_fusion", "uses_llm"]
 
 FEATURES: dict[str, str] = {
     "llm": "the LLM's score, standardised over the user's candidates",
@@ -45,6 +45,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 
 
 LLM_FEATURES = ("llm", "llm_logp")
+DEFAULT_FEATURES = tuple(n for n in FEATURES if n != "llm_logp")  # the learned fusion's (llm_logp: the residual's)
 
 
 def uses_llm(names: Iterable[str]) -> bool:
@@ -79,7 +80,7 @@ class ItemPriors:
         candidates: Sequence[str],
         retriever: np.ndarray,
         llm: np.ndarray | None = None,
-        names: Sequence[str] = tuple(FEATURES),
+        names: Sequence[str] = DEFAULT_FEATURES,
         max_history: int = 20,
     ) -> np.ndarray:
         """(C, F) feature rows of one user's ``candidates``, columns in the order of ``names``; the
