@@ -79,6 +79,8 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
     assert len(report.recommendations) == 2 and all(len(r.items) == 3 for r in report.recommendations)
     assert all(e.text for e in report.explanations)
     assert [r["system"] for r in report.rows][0] == "retriever (EASE)" and report.rows[0]["users"] == 6
+    assert report.rows[-1]["system"].startswith("served: ") and "validation users" in report.served
+    assert any(line.startswith("serving: ") for line in lines)
     assert any(line.startswith("| movies |") for line in "\n".join(lines).splitlines())
     again = Recommender.from_pretrained(report.saved, loaded=load_model(str(tiny_lm_dir), device="cpu"),
                                         embedder=hash_embedder)  # fmt: skip

@@ -125,6 +125,7 @@ class DemoReport:
     explanations: list = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     saved: Path | None = None
+    served: str = ""  # what the scenario serves and how it was chosen
 
 
 def run_demo(
@@ -133,6 +134,7 @@ def run_demo(
     model: str | None = None,
     users: int = 3,
     eval_users: int = 100,
+    valid_users: int = 300,
     k: int = 5,
     out: Path | None = None,
     echo: Callable[[str], None] = print,
@@ -140,12 +142,14 @@ def run_demo(
     embedder=None,
 ) -> DemoReport:
     """Pull ``dataset``, build a scenario and a recommender on ``model`` (the default LM when
-    ``None``), print recommendations + explanations for ``users`` users, then evaluate retriever
-    vs retriever + zero-shot LLM on ``eval_users`` sampled test users."""
+    ``None``), choose on ``valid_users`` validation users what the scenario serves
+    (:func:`~ragrec.eval.llm.choose_fusion`), print recommendations + explanations for ``users``
+    users, then evaluate the retriever, the zero-shot LLM and the served system on ``eval_users``
+    sampled test users."""
     from ragrec import paths
     from ragrec.data import load_prepared, pull
     from ragrec.data.sources import cached_names
-    from ragrec.eval.llm import llm_results, sample_users, score_llm
+    from ragrec.eval.llm import choose_fusion, llm_results, sample_users, score_llm, split_priors
     from ragrec.eval.report import markdown_table
     from ragrec.inference import DEFAULT_MODEL, Recommender, RecommenderConfig, load_model
 
@@ -166,6 +170,14 @@ def run_demo(
     echo(f"model: {loaded.source} on {loaded.device} ({loaded.dtype})")
     rec = Recommender(loaded, [scenario], config)
     result = DemoReport()
+    # What the scenario serves is decided on validation users: the zero-shot LLM fused with the
+    # retriever, a learned fusion with it, or the retriever + item priors without the LLM.
+    picked = sample_users(sorted(data.targets(S.VALID)), valid_users)
+    valid = score_llm(rec, split=S.VALID, users=picked, retrieved_only=True, progress=False)
+    weight, fusion, choice = choose_fusion(valid, split_priors(scenario, S.VALID), max_history=config.max_history)
+    scenario.config.fusion_weight, scenario.config.fusion = weight, fusion
+    result.served = choice.get("served", f"fusion weight {weight:g}") + f" (chosen on {len(picked)} validation users)"
+    echo(f"serving: {result.served}")
     for user in sorted(scenario.histories, key=lambda u: int(u) if u.isdigit() else u)[:users]:
         r = rec.recommend(user, k=k)
         result.recommendations.append(r)
@@ -173,7 +185,7 @@ def run_demo(
         echo(f"\nuser {user} (recently: {recent})")
         for it in r.items:
             echo(f"  {it.rank}. {scenario.catalog[it.item_id].title} ({scenario.catalog[it.item_id].year})  "
-                 f"llm {it.score:.3f}  retriever {it.retriever_score:.3f}")  # fmt: skip
+                 f"score {it.score:.3f}  retriever {it.retriever_score:.3f}")  # fmt: skip
         exp = rec.explain(r.items[0].item_id, user)
         result.explanations.append(exp)
         text = exp.text if exp.fallback else first_sentence(exp.text)  # data-built text: one sentence, titles with "!"
@@ -181,8 +193,13 @@ def run_demo(
     sample = sample_users(list(data.targets(S.TEST)), eval_users)
     echo(f"\nevaluating on {len(sample)} test users ({rec.config.candidates} candidates each)...")
     scores = score_llm(rec, split=S.TEST, users=sample)
-    results = llm_results(scores, {"retriever (EASE)": None, "retriever + zero-shot LLM": 0.0,
-                                   "LLM fused with retriever (w=1)": 1.0})  # fmt: skip
+    if fusion is not None:
+        rows = scores.fusion_rows(split_priors(scenario, S.TEST), fusion.names, fusion.max_history)
+        served: float | list = [fusion.score(x) for x in rows]
+    else:
+        served = weight
+    results = llm_results(scores, {"retriever (EASE)": None, "zero-shot LLM alone": 0.0,
+                                   f"served: {choice.get('served', f'fusion weight {weight:g}')}": served})  # fmt: skip
     result.rows = [r.row() for r in results]
     echo(markdown_table(result.rows, ("users", "ndcg@10", "recall@10", "mrr@10")))
     target = out or paths.home() / "demo" / "recommender"
