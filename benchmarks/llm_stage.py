@@ -109,7 +109,11 @@ def run(args) -> None:
         "(a) first stage: recency EASE, 20 candidates": None,
         "(e) first stage + item priors, learned fusion (no LLM)": row_e,
         "(h) residual LLM stage as served (e + scale x LLM)": served,
-        "(c') fine-tuned LLM alone, shuffled candidates": [np.asarray(s, dtype=float) for s in test.llm],
+        (
+            "(c') fine-tuned LLM alone, shuffled candidates"
+            if result.best_step
+            else "(c') LLM alone, shuffled candidates (kept state = step 0: the base model)"
+        ): [np.asarray(s, dtype=float) for s in test.llm],
         "(g) item priors alone (no retriever, no LLM)": row_g,
     }
     results = llm_results(test, systems, beyond_context(sc.data, split))
