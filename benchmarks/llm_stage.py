@@ -15,7 +15,7 @@ lists' candidate recall against the in-sample one, and the LLM's top-choice slot
 Writes ``benchmarks/results/llm_stage.{json,md}``, ``llm_stage_recall.png``,
 ``llm_stage_per_user.csv``; the test figures go to ``results/test_runs.jsonl``.
 
-    python benchmarks/llm_stage.py                      # the committed run (~50 min on a 2-core CPU)
+    python benchmarks/llm_stage.py                      # the committed run (~45 min on a 2-core CPU)
     python benchmarks/llm_stage.py --examples 200 --epochs 1 --valid-users 60 --test-users 60 --out /tmp/x  # smoke
 """
 
@@ -180,13 +180,14 @@ def run(args) -> None:
 
 
 def _before_seconds() -> float | None:
-    """Seconds per training example of the earlier full-model recipe (benchmarks/results/finetune.json)."""
+    """Seconds per training example seen (validations included) of the classic recipe's committed
+    run (benchmarks/results/finetune.json: training seconds / (steps x grad_accum))."""
     path = RESULTS / "finetune.json"
     if not path.is_file():
         return None
-    train = json.loads(path.read_text()).get("training", {})
-    secs, seen = train.get("seconds"), train.get("examples_seen") or train.get("examples")
-    return round(secs / seen, 3) if secs and seen else None
+    train = json.loads(path.read_text()).get("train", {})
+    secs, steps, accum = train.get("train_seconds"), train.get("steps"), train.get("config", {}).get("grad_accum")
+    return round(secs / (steps * accum), 3) if secs and steps and accum else None
 
 
 def main(argv: list[str] | None = None) -> None:
