@@ -68,7 +68,8 @@ def run(args) -> None:
     compact = RecommenderConfig(model=args.model, max_history=args.max_history, max_item_chars=args.item_chars)
     rec = Recommender(loaded, [sc], compact)
     cfg = ResidualConfig(examples=args.examples, epochs=args.epochs, top_layers=args.top_layers,
-                         valid_users=args.valid_users, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
+                         valid_users=args.valid_users, max_minutes=args.max_minutes, seed=args.seed,
+                         scale_init=args.scale_init, patience=args.patience)  # fmt: skip
 
     # (e) and (g) are fitted on validation inside the recipe (the anchor and the priors-only fusion)
     run_ = finetune_residual(rec, sc.name, cfg, args.work / "llm_stage_adapter")
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--item-chars", type=int, default=60)
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale-init", type=float, default=0.0, help="the LLM's scale when training starts")
+    p.add_argument("--patience", type=int, default=4, help="validations without gain before stopping")
     p.add_argument("--split", choices=["valid", "test"], default="test",
                    help="evaluate on validation users (development; written to --work, not logged) or test")  # fmt: skip
     p.add_argument("--name", default="llm_stage", help="results/<name>.{json,md}")

@@ -22,11 +22,27 @@ def test_local_folder_fp32(tiny_lm_dir):
     assert not loaded.model.config.to_dict().get("quantization_config")
 
 
+@pytest.fixture(scope="module")
+def lm64_dir(tiny_lm_dir, tmp_path_factory):
+    """The tiny LM's tokenizer on a 2-layer Llama of hidden size 64 (head 32, one kv head: k/v 64->32)
+    and MLP width 96: every layer but down_proj (96->64) has widths bitsandbytes' CPU 4-bit kernel
+    takes on every CPU (out % 32, in % 64; the AVX512-BF16 path needs the latter)."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_lm_dir)
+    config.hidden_size, config.intermediate_size, config.head_dim = 64, 96, 32
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("lm64")
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+    return out
+
+
 @pytest.mark.parametrize("quantization,linear", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
-def test_quantized_on_cpu_stays_close(tiny_lm_dir, quantization, linear):
+def test_quantized_on_cpu_stays_close(lm64_dir, quantization, linear):
     pytest.importorskip("bitsandbytes")
-    ref = _logits(load_model(str(tiny_lm_dir), device="cpu"))
-    q = load_model(str(tiny_lm_dir), device="cpu", quantization=quantization)
+    ref = _logits(load_model(str(lm64_dir), device="cpu"))
+    q = load_model(str(lm64_dir), device="cpu", quantization=quantization)
     kinds = {type(m).__name__ for m in q.model.modules()}
     assert linear in kinds, kinds
     got = _logits(q)
@@ -34,12 +50,11 @@ def test_quantized_on_cpu_stays_close(tiny_lm_dir, quantization, linear):
     corr = torch.corrcoef(torch.stack([ref, got]))[0, 1]
     assert corr > 0.9, float(corr)
     if quantization == "4bit":
-        # hidden 16 / kv 8 / intermediate 32: only gate_proj and up_proj (16 -> 32) fit the CPU kernel.
         layers = dict(q.model.named_modules())
-        assert type(layers["model.layers.0.mlp.up_proj"]).__name__ == "Linear4bit"
-        assert type(layers["model.layers.0.self_attn.q_proj"]) is torch.nn.Linear
+        assert type(layers["model.layers.0.self_attn.q_proj"]).__name__ == "Linear4bit"
+        assert type(layers["model.layers.0.mlp.down_proj"]) is torch.nn.Linear  # in 96: not a multiple of 64
         note = next(n for n in q.notes if "full precision" in n)
-        assert "10 of 14 linear layers" in note and "self_attn.q_proj (16->16)" in note
+        assert "2 of 14 linear layers" in note and "mlp.down_proj (96->64)" in note
 
 
 def test_4bit_cpu_plan_and_refusal(tmp_path):
@@ -56,9 +71,9 @@ def test_4bit_cpu_plan_and_refusal(tmp_path):
     llama(8, 24, "odd")
     with pytest.raises(RagrecError, match="none of the model's 7 linear layers"):
         plan_cpu_4bit(str(tmp_path / "odd"))
-    llama(64, 96, "even")
+    llama(64, 128, "even")
     plan = plan_cpu_4bit(str(tmp_path / "even"))
-    assert plan.output == ("lm_head",) and not plan.kept  # q/k/v/o 64 or 32 wide, MLP 96 or 64
+    assert plan.output == ("lm_head",) and not plan.kept  # q/o 64->64, k/v 64->32, MLP 64->128 and 128->64
     assert len(plan.quantised) == 7
 
 

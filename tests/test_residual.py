@@ -129,11 +129,12 @@ def _fusion(sc) -> FusionModel:
     return FusionModel(weights={n: w for n, w in zip(NAMES, [1.0, 0.1, 0.2, 0.0, -0.1])}, max_history=4)
 
 
-def test_training_starts_at_the_fusion_and_serves_the_same_sum(tiny_lm_dir, tmp_path):
+@pytest.mark.parametrize("scale_init", [0.0, 1.0])
+def test_training_starts_at_the_fusion_and_serves_the_same_sum(tiny_lm_dir, tmp_path, scale_init):
     sc = _ease_scenario()
     rec = Recommender(load_model(str(tiny_lm_dir)), [sc], REC)
     config = ResidualConfig(folds=2, candidates=6, top_layers=1, epochs=2, grad_accum=2, eval_every=2,
-                            valid_users=10, patience=10, lora_r=2, learning_rate=5e-2)  # fmt: skip
+                            valid_users=10, patience=10, lora_r=2, learning_rate=5e-2, scale_init=scale_init)  # fmt: skip
     lists, fold_priors, _ = out_of_fold_lists(sc, config, progress=False)
     fusion = _fusion(sc)
     train = residual_examples(rec, sc, lists, fusion, fold_priors)
@@ -172,7 +173,8 @@ def test_training_starts_at_the_fusion_and_serves_the_same_sum(tiny_lm_dir, tmp_
     with rec.use(served):
         raw = ranker.label_scores(*ranker.prompts([rec._items(sc, cl.history)], shown, "movie"))[0]
     np.testing.assert_allclose(llm[order], raw, rtol=1e-5, atol=1e-6)
-    rows = prior_v.features(cl.history, cl.candidates, cl.retriever, llm, residual.names, residual.max_history)
+    # recommend() reads the priors of every known interaction (a served scenario's), not the train split's
+    rows = served.priors.features(cl.history, cl.candidates, cl.retriever, llm, residual.names, residual.max_history)
     want = [cl.candidates[j] for j in np.argsort(-residual.score(rows), kind="stable")[:5]]
     got = rec.recommend(history=list(cl.history), k=5)
     assert [i.item_id for i in got.items] == want

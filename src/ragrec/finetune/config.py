@@ -32,6 +32,11 @@ class ResidualConfig(BaseModel):
         description="Module names that get adapters (in the top layers only).",
     )
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights.")
+    scale_init: float = Field(
+        0.0, ge=0, description="The LLM's scale when training starts. 0: LoRA gets no gradient until the scale has "
+        "moved (it is the factor of the LoRA's effect); > 0: LoRA learns from the first step. Either way step 0, the "
+        "fusion alone, is validated and kept when no later state beats it.",
+    )  # fmt: skip
     scale_learning_rate: float = Field(2e-2, gt=0, description="AdamW learning rate of the LLM's scale.")
     grad_accum: int = Field(8, ge=1, description="Examples per optimizer step.")
     eval_every: int = Field(50, ge=1, description="Optimizer steps between validations.")

@@ -5,7 +5,8 @@ first-stage score and item priors fitted on validation without the LLM
 (:class:`~ragrec.inference.fusion.FusionModel`), ``logp_i`` the LLM's log-probability of candidate
 ``i``'s letter, and ``scale`` a number learned with the LoRA adapter. Training minimises the
 cross-entropy of the target over each list's ``s``. The adapter's LoRA B matrices start at zero and
-``scale`` at 0, so step 0 is exactly the fusion without the LLM; early stopping on validation
+``scale`` at ``scale_init`` (0 by default; then the LoRA weights get no gradient until the scale
+has moved, since it multiplies their effect), and step 0 is the fusion without the LLM; early stopping on validation
 NDCG@10 (step 0 included) keeps the best, so the worst outcome is that fusion, reported as such
 and then served alone (the LLM is not run for ranking; it stays for explain and chat).
 What is served is the same sum: a ``FusionModel`` whose weights are ``f``'s plus ``llm_logp:
@@ -337,7 +338,7 @@ def train_residual(
     train_cache = HiddenCache(split, train, work, "train", progress)
     valid_cache = HiddenCache(split, valid, work, "valid", progress)
     timing["cache_seconds_per_example"] = (train_cache.seconds + valid_cache.seconds) / (len(train) + len(valid))
-    scale = torch.nn.Parameter(torch.zeros(()))
+    scale = torch.nn.Parameter(torch.tensor(float(config.scale_init)))
     lora_params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": lora_params, "lr": config.learning_rate},
                              {"params": [scale], "lr": config.scale_learning_rate}], weight_decay=0.0)  # fmt: skip
@@ -357,8 +358,9 @@ def train_residual(
         return {"lora": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
                 "scale": float(scale.detach())}  # fmt: skip
 
-    curve = [(0, validate())]
-    best, best_step, best_value, bad = snapshot(), 0, curve[0][1], 0
+    # step 0 is the fusion alone (scale 0, LoRA B = 0), whatever scale training starts from
+    curve = [(0, _ndcg([e.base for e in valid], valid, valid_users))]
+    best, best_step, best_value, bad = {**snapshot(), "scale": 0.0}, 0, curve[0][1], 0
     rng = np.random.default_rng(config.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(config.epochs))])
     order = order[: steps * config.grad_accum]

@@ -238,9 +238,10 @@ def resolve_model(spec: str) -> tuple[str, str]:
 
 
 # bitsandbytes' CPU 4-bit kernel (0.49+, on processors with AVX512-BF16) packs each weight in
-# blocks of 32 output features and pairs of input features, and asserts on anything else.
+# blocks of 32 output features and pairs of input features, and asserts on anything else; it also
+# reshapes the scales by in_features // blocksize (64), which fails below or off a multiple of 64.
 CPU_4BIT_BLOCK_OUT = 32
-CPU_4BIT_BLOCK_IN = 2
+CPU_4BIT_BLOCK_IN = 64  # the 4-bit blocksize: the packed AVX512-BF16 path reshapes absmax by in_features // 64
 
 
 def _quantization_config(quantization: str, compute_dtype: Any, skip_modules: list[str] | None = None) -> Any:
@@ -283,8 +284,8 @@ class QuantizationPlan:
         shown = ", ".join(f"{n} ({i}->{o})" for n, i, o in self.kept[:6])
         more = f" and {len(self.kept) - 6} more" if len(self.kept) > 6 else ""
         return (f"4-bit on the CPU: {len(self.kept)} of {len(self.kept) + len(self.quantised)} linear layers stay in "
-                f"full precision (the CPU kernel needs out_features divisible by {CPU_4BIT_BLOCK_OUT} and even "
-                f"in_features): {shown}{more}")  # fmt: skip
+                f"full precision (the CPU kernel needs out_features divisible by {CPU_4BIT_BLOCK_OUT} and in_features "
+                f"divisible by {CPU_4BIT_BLOCK_IN}): {shown}{more}")  # fmt: skip
 
 
 def plan_cpu_4bit(where: str, *, trust_remote_code: bool = False) -> QuantizationPlan:
@@ -313,7 +314,7 @@ def plan_cpu_4bit(where: str, *, trust_remote_code: bool = False) -> Quantizatio
         widths = sorted({(i, o) for _, i, o in kept})[:5]
         raise RagrecError(
             f"4-bit quantization on the CPU: none of the model's {len(kept)} linear layers has widths the bitsandbytes "
-            f"CPU kernel takes (out_features divisible by {CPU_4BIT_BLOCK_OUT}, even in_features; found in->out "
+            f"CPU kernel takes (out_features divisible by {CPU_4BIT_BLOCK_OUT}, in_features by {CPU_4BIT_BLOCK_IN}; found in->out "
             f"{widths}); load it with quantization='none' or '8bit', or on a GPU"
         )
     return QuantizationPlan(tuple(quantised), tuple(kept), tuple(output))
