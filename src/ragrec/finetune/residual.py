@@ -35,7 +35,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -124,11 +124,11 @@ def out_of_fold_lists(
             oof, full = model.scores(hists), enc.scores(hists)
             everything = {index[i] for i in seq}
             for t, h in enumerate(hists, start=1):
-                banned = everything - {index[seq[t]]}  # the user's other items: no false negatives
-                idx, s = _top(oof[t - 1], sorted(banned), config.candidates)
+                banned = sorted(everything - {index[seq[t]]})  # the user's other items: no false negatives
+                idx, s = _top(oof[t - 1], banned, config.candidates)
                 cands = tuple(item_ids[j] for j in idx)
                 positions += 1
-                in_sample_hits += int(index[seq[t]] in _top(full[t - 1], sorted(banned), config.candidates)[0])
+                in_sample_hits += int(index[seq[t]] in _top(full[t - 1], banned, config.candidates)[0])
                 target = cands.index(seq[t]) if seq[t] in cands else -1
                 if target >= 0:
                     lists.append(CandidateList(u, tuple(h), cands, s.astype(np.float32), target, fold))
@@ -284,7 +284,6 @@ class ResidualResult:
     curve: list[tuple[int, float]]
     timing: dict[str, float]
     examples: int
-    notes: list[str] = field(default_factory=list)
     model: Any = None
 
 
@@ -419,7 +418,7 @@ def train_residual(
     )  # fmt: skip
     save_adapter(model, "default", out, info)
     shutil.rmtree(work, ignore_errors=True)
-    return ResidualResult(out, served, best["scale"], best_step, stop, curve, timing, len(train), [], model)
+    return ResidualResult(out, served, best["scale"], best_step, stop, curve, timing, len(train), model)
 
 
 def _fit_anchor(lists: Sequence[CandidateList], priors: ItemPriors, names: Sequence[str]) -> FusionModel:
