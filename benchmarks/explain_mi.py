@@ -114,7 +114,8 @@ def score(ft_dir: Path, data_dir: Path, model: str, n_users: int) -> None:
         ev = evaluate_explanations(rec, "instruments", system=system, users=users)
         payload = {"system": system, "users": ev.users, "items": ev.items, "references": ev.references,
                    "texts": ev.texts, "grounded": ev.grounded.tolist(), "skipped": ev.skipped,
-                   "seconds": ev.seconds, "device": rec.loaded.device, "dataset": ev.dataset}  # fmt: skip
+                   "seconds": ev.seconds, "device": rec.loaded.device, "dataset": ev.dataset, "shown": ev.shown,
+                   "fallback": ev.fallback.tolist(), "names_evidence": ev.names_evidence.tolist()}  # fmt: skip
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload))
         tmp.replace(out)
@@ -153,8 +154,10 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
     evals = []
     for key in SYSTEMS:
         d = json.loads((ft_dir / f"explain_{key}.json").read_text())
+        flags = {k: np.array(d[k], dtype=bool) if k in d else None for k in ("fallback", "names_evidence")}
         evals.append(ExplanationEval(d["dataset"], d["system"], "test", d["users"], d["items"], d["references"],
-                                     d["texts"], np.array(d["grounded"], dtype=bool), d["skipped"], d["seconds"]))  # fmt: skip
+                                     d["texts"], np.array(d["grounded"], dtype=bool), d["skipped"], d["seconds"],
+                                     d.get("shown"), **flags))  # fmt: skip
     zero, tuned = evals
     trained = json.loads((ft_dir / "train.json").read_text())
     rows = []
@@ -163,6 +166,7 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
         rows.append({"dataset": ev.dataset, "system": ev.system, "split": "test", "users": m["users"],
                      "bleu4": round(m["bleu4"], 4), "rouge_l": round(m["rouge_l"], 4),
                      "grounded_rate": round(m["grounded_rate"], 4),
+                     **{k: round(m[k], 4) for k in ("fallback_rate", "names_evidence_rate") if k in m},
                      "seconds_per_explanation": round(ev.seconds / max(len(ev.users), 1), 3),
                      "train_seconds": round(trained["train_seconds"], 1) if ev is tuned else None})  # fmt: skip
     diff = tuned.compare(zero)
@@ -170,7 +174,8 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
     notes = [
         "docs/evaluation.md: leave-one-out per user; the target is the held-out review of the test interaction, cut at a "
         f"sentence end within {cfg['max_review_chars']} characters; users whose test review is missing or under 40 "
-        f"characters are left out ({zero.skipped or 'none'}). Explanations are greedy, at most 60 new tokens.",
+        f"characters are left out ({zero.skipped or 'none'}). Explanations are greedy under the explain template's "
+        f"output contract ({_contract()}), prompted with the evidence (the history items behind the item).",
         "BLEU-4: corpus BLEU over lower-cased words and punctuation (torchmetrics). ROUGE-L: mean per-user LCS F1. "
         "Grounding: the explanation names no item outside the user's history and the explained item, quotes no "
         "title outside the catalog, and states no category or year/decade that neither the explained item nor a "
@@ -182,11 +187,14 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
         f"({trained['stop_reason']}); validation ROUGE-L on {cfg['eval_users']} users: {trained['valid_curve']}.",
         "Published peer (another dataset, for orientation): P5-small on Beauty, BLEU-4 2.70, ROUGE-L 18.65.",
     ]
-    samples = ["", "## Examples (first three users)", ""]
-    for j in range(min(3, len(zero.users))):
-        samples += [f"**user {zero.users[j]}, item {zero.items[j]}**", "",
-                    f"- held-out review: {zero.references[j]}", f"- zero-shot: {zero.texts[j]}",
-                    f"- fine-tuned: {tuned.texts[j]}", ""]  # fmt: skip
+    samples = ["", "## Examples (the first 20 users: what each model wrote, and what was shown where it differs)", ""]
+    for j in range(min(20, len(zero.users))):
+        samples += [f"**user {zero.users[j]}, item {zero.items[j]}**", "", f"- held-out review: {zero.references[j]}"]
+        for ev, name in ((zero, "zero-shot"), (tuned, "fine-tuned")):
+            samples.append(f"- {name}: {ev.texts[j]}")
+            if ev.shown is not None and ev.shown[j] != ev.texts[j]:
+                samples.append(f"  - shown: {ev.shown[j]}")
+        samples.append("")
     per_user = [ev.rouge_per_user() for ev in evals]
     runs = log_test_run("explain_mi", "explain_mi: LoRA explain adapter vs zero-shot SmolLM2-135M", config or {},
                         {f"{r['system']} {m}": r[m] for r in rows for m in ("bleu4", "rouge_l", "grounded_rate")})  # fmt: skip
@@ -195,7 +203,8 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
     _write_per_user(results / "explain_mi_per_user.csv", evals, per_user)
     written = write_report(results / "explain_mi", rows, title="Explanations, Amazon Musical Instruments (test)",
                            comparisons=[(f"{tuned.system} - {zero.system}", diff)], notes=notes + samples,
-                           keys=("users", "bleu4", "rouge_l", "grounded_rate", "seconds_per_explanation"),
+                           keys=("users", "bleu4", "rouge_l", "grounded_rate", *[k for k in ("fallback_rate",
+                                 "names_evidence_rate") if k in rows[0]], "seconds_per_explanation"),
                            figures={"scores": _plot(evals, per_user)},
                            extra={**provenance(config or {}),
                                   "train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason",
@@ -203,6 +212,14 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
     for r in rows:
         print(f"{r['system']}: BLEU-4 {r['bleu4']:.2f} ROUGE-L {r['rouge_l']:.2f} grounded {r['grounded_rate']:.3f}")
     _log("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def _contract() -> str:
+    from ragrec.prompts import builtin_registry
+
+    out = builtin_registry().get("default", "explain").output
+    return (f"at most {out.max_new_tokens} new tokens and {out.max_sentences or 'any number of'} sentences, "
+            f"no repeated {out.no_repeat_ngram_size}-grams, repetition penalty {out.repetition_penalty:g}")  # fmt: skip
 
 
 def _write_per_user(path: Path, evals, per_user) -> None:

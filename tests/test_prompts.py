@@ -125,9 +125,9 @@ def test_fit_history_respects_the_token_budget():
 
 def test_langchain_export_renders_the_same():
     template = builtin_registry().get("default", "explain")
-    ctx = {"item_noun": "movie", "history": "1. Heat (1995)", "item": "Ronin (1998)"}
+    ctx = {"item_noun": "movie", "history": "1. Heat (1995)", "item": "Ronin (1998)", "evidence": "- Heat (1995)"}
     lc = template.to_langchain().format_messages(**ctx)
     ours = template.render(ctx)
     assert [m.content for m in lc] == [m["content"] for m in ours]
     with pytest.raises(KeyError, match="needs \\['item'\\]"):
-        template.render({"item_noun": "movie", "history": ""})
+        template.render({"item_noun": "movie", "history": "", "evidence": ""})

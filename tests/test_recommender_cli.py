@@ -78,6 +78,9 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
                       loaded=load_model(str(tiny_lm_dir), device="cpu"), embedder=hash_embedder)  # fmt: skip
     assert len(report.recommendations) == 2 and all(len(r.items) == 3 for r in report.recommendations)
     assert all(e.text for e in report.explanations)
+    assert all(i.evidence for r in report.recommendations for i in r.items)  # EASE: exact evidence
+    assert [a.intent for a in report.chat] == ["about", "like"]
+    assert report.chat[0].references == (report.recommendations[0].items[1].item_id,)
     assert [r["system"] for r in report.rows][0] == "retriever (EASE)" and report.rows[0]["users"] == 6
     assert report.rows[-1]["system"].startswith("served: ") and "validation users" in report.served
     assert any(line.startswith("serving: ") for line in lines)

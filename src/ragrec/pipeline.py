@@ -8,7 +8,6 @@ for a few users, and a small evaluation table (retriever vs retriever + zero-sho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,18 +110,13 @@ def build_scenario(
     return Scenario(config, data, retriever, text_enc)
 
 
-def first_sentence(text: str) -> str:
-    """The text up to its first sentence end (all of it when there is none)."""
-    m = re.search(r"(?<=[.!?])\s", text)
-    return text[: m.start()] if m else text
-
-
 @dataclass
 class DemoReport:
     """What the demo printed, for tests and for the README."""
 
     recommendations: list = field(default_factory=list)
     explanations: list = field(default_factory=list)
+    chat: list = field(default_factory=list)  # the two-turn chat's answers
     rows: list[dict] = field(default_factory=list)
     saved: Path | None = None
     served: str = ""  # what the scenario serves and how it was chosen
@@ -178,18 +172,31 @@ def run_demo(
     scenario.config.fusion_weight, scenario.config.fusion = weight, fusion
     result.served = choice.get("served", f"fusion weight {weight:g}") + f" (chosen on {len(picked)} validation users)"
     echo(f"serving: {result.served}")
-    for user in sorted(scenario.histories, key=lambda u: int(u) if u.isdigit() else u)[:users]:
+    demo_users = sorted(scenario.histories, key=lambda u: int(u) if u.isdigit() else u)[:users]
+    for user in demo_users:
         r = rec.recommend(user, k=k)
         result.recommendations.append(r)
         recent = ", ".join(scenario.catalog[i].title or i for i in scenario.histories[user].item_ids[-3:])
         echo(f"\nuser {user} (recently: {recent})")
         for it in r.items:
-            echo(f"  {it.rank}. {scenario.catalog[it.item_id].title} ({scenario.catalog[it.item_id].year})  "
-                 f"score {it.score:.3f}  retriever {it.retriever_score:.3f}")  # fmt: skip
+            because = ", ".join(f"{e.title} {100 * e.share:.0f}%" for e in it.evidence[:2])
+            echo(f"  {it.rank}. {scenario.catalog[it.item_id].title}  score {it.score:.3f}"
+                 + (f"  (because of {because})" if because else ""))  # fmt: skip
         exp = rec.explain(r.items[0].item_id, user)
         result.explanations.append(exp)
-        text = exp.text if exp.fallback else first_sentence(exp.text)  # data-built text: one sentence, titles with "!"
-        echo(f"  why #1: {text}" + (f"  [{exp.fallback}]" if exp.fallback else ""))
+        echo(f"  why #1: {exp.text}" + (f"  [{exp.fallback}]" if exp.fallback else ""))
+    if demo_users:  # a two-turn chat: a reference to the list, then a request anchored on a title
+        user = demo_users[0]
+        session = rec.chat(user)
+        session.recommendations(k)
+        anchor = scenario.catalog[scenario.histories[user].item_ids[-1]].title
+        echo(f"\nchat with user {user}:")
+        for message in ("why would I like the second one?", f"something like {anchor} but funnier"):
+            answer = session.ask(message)
+            result.chat.append(answer)
+            echo(f"  you> {message}\n  ragrec> {answer.text}" + (f"  [{answer.fallback}]" if answer.fallback else ""))
+            if answer.intent != "about":
+                echo("         " + "; ".join(scenario.catalog[i.item_id].title or i.item_id for i in answer.items[:3]))
     sample = sample_users(list(data.targets(S.TEST)), eval_users)
     echo(f"\nevaluating on {len(sample)} test users ({rec.config.candidates} candidates each)...")
     scores = score_llm(rec, split=S.TEST, users=sample)

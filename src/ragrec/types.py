@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Candidate", "Item", "RankedItem", "RetrievalResult", "UserHistory"]
+__all__ = ["Candidate", "Evidence", "Item", "RankedItem", "RetrievalResult", "UserHistory"]
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,33 @@ class RetrievalResult:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A history item that moved a recommended item's first-stage score.
+
+    ``weight`` is its contribution to that score (``method`` ``"exact"``: EASE's score is a sum of
+    per-history-item terms, so the weights add up to the score; ``"leave-one-out"``: the score
+    minus the score without this history item). ``share`` is ``weight`` over the sum of the
+    item's positive weights (0-1). ``shared`` lists the categories it has in common with the
+    recommended item; ``title`` and ``year`` are the history item's, for display."""
+
+    item_id: str
+    weight: float
+    share: float
+    method: str
+    title: str | None = None
+    year: int | None = None
+    shared: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RankedItem:
     """One item of a ranked list: 1-based ``rank``, the ranker's ``score`` (higher is better),
-    the candidate ``label`` it had in the prompt and the retriever's score, if any."""
+    the candidate ``label`` it had in the prompt, the retriever's score, if any, and the history
+    items that support it most (``evidence``, strongest first; empty for a fallback list)."""
 
     item_id: str
     score: float
     rank: int
     label: str | None = None
     retriever_score: float | None = None
+    evidence: tuple[Evidence, ...] = ()

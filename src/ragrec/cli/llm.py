@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -102,13 +103,20 @@ def recommend_cmd(
     if as_json:
         typer.echo(json.dumps({"user_id": res.user_id, "scenario": res.scenario, "task": res.task,
                                "fallback": res.fallback, "notes": list(res.notes),
-                               "items": [{**vars(i), "title": sc.catalog[i.item_id].title} for i in res.items]}))  # fmt: skip
+                               "items": [{**asdict(i), "title": sc.catalog[i.item_id].title} for i in res.items]}))  # fmt: skip
         return
     if res.fallback:
         console.print(f"[yellow]fallback:[/] {res.fallback}")
     for i in res.items:
         retr = f"  retriever {i.retriever_score:.3f}" if i.retriever_score is not None else ""
         typer.echo(f"{i.rank:>3}. {sc.catalog[i.item_id].title}  [{i.item_id}]  score {i.score:.3f}{retr}")
+        if i.evidence:
+            typer.echo(f"       because of: {_evidence_text(i.evidence)}")
+
+
+def _evidence_text(evidence) -> str:
+    """``Heat (31%), Casino (12%)``: the evidence items and their share of the score."""
+    return ", ".join(f"{e.title or e.item_id} ({100 * e.share:.0f}%)" for e in evidence)
 
 
 def explain_cmd(
@@ -123,21 +131,20 @@ def explain_cmd(
 ) -> None:
     """Explain why an item suits a user; the text is checked for grounding."""
     rec = _load(rec_dir, quantization, device)
-    if stream:
+    if stream:  # only checked sentences are streamed; a rejected text is never printed
         s = rec.explain(item, **_who(user, history), scenario=scenario, stream=True)
         for piece in s:
             typer.echo(piece, nl=False)
         typer.echo("")
         exp = s.explanation
         assert exp is not None
-        if exp.fallback:
-            console.print(f"[yellow]not grounded:[/] {exp.fallback}")
-            typer.echo(exp.text)
     else:
         exp = rec.explain(item, **_who(user, history), scenario=scenario)
         typer.echo(exp.text)
-        if exp.fallback:
-            console.print(f"[yellow]note:[/] {exp.fallback}")
+    if exp.evidence:
+        typer.echo(f"because of: {_evidence_text(exp.evidence)}")
+    for note in ((exp.fallback,) if exp.fallback else ()) + exp.notes:
+        console.print(f"[yellow]note:[/] {note}")
 
 
 def chat_cmd(
@@ -157,6 +164,10 @@ def chat_cmd(
     interactive = sys.stdin.isatty()
     if session.fallback:
         console.print(f"[yellow]fallback:[/] {session.fallback}")
+    typer.echo("Recommended for you (ask e.g. 'why the first one?', 'something like <title> but funnier'):")
+    for i in session.recommendations(5):
+        because = f"  (because of {_evidence_text(i.evidence[:2])})" if i.evidence else ""
+        typer.echo(f"  {i.rank}. {sc.catalog[i.item_id].title}{because}")
     while True:
         if interactive:
             console.print("[bold]you>[/] ", end="")
@@ -171,7 +182,9 @@ def chat_cmd(
             console.print(f"[red]error:[/] {e}")
             continue
         typer.echo(f"ragrec> {ans.text}")
-        typer.echo("  items: " + "; ".join(f"{sc.catalog[i.item_id].title} [{i.item_id}]" for i in ans.items[:5]))
+        for i in ans.items[:5]:
+            because = f"  (because of {_evidence_text(i.evidence[:2])})" if i.evidence else ""
+            typer.echo(f"  {i.rank}. {sc.catalog[i.item_id].title} [{i.item_id}]{because}")
         for note in ans.notes + ((ans.fallback,) if ans.fallback else ()):
             console.print(f"  [dim]{note}[/]")
 

@@ -77,13 +77,23 @@ class ExplanationEval:
     grounded: np.ndarray  # (U,) bool
     skipped: dict[str, int] = field(default_factory=dict)  # users left out, by reason
     seconds: float = 0.0
+    shown: list[str] | None = None  # what the recommender showed (the checked sentences, or the fallback)
+    fallback: np.ndarray | None = None  # (U,) bool: the shown text was built from the data
+    names_evidence: np.ndarray | None = None  # (U,) bool: the shown text names a history item of the evidence
 
     def rouge_per_user(self) -> np.ndarray:
         return rouge_l(self.texts, self.references)
 
     def metrics(self) -> dict[str, float]:
-        return {**text_metrics(self.texts, self.references), "grounded_rate": float(np.mean(self.grounded)),
-                "users": len(self.users)}  # fmt: skip
+        """BLEU-4 and ROUGE-L of what the model wrote, its grounding rate, and (where recorded) the
+        fallback rate and the share of shown texts that name an evidence item."""
+        out = {**text_metrics(self.texts, self.references), "grounded_rate": float(np.mean(self.grounded)),
+               "users": len(self.users)}  # fmt: skip
+        if self.fallback is not None:
+            out["fallback_rate"] = float(np.mean(self.fallback))
+        if self.names_evidence is not None:
+            out["names_evidence_rate"] = float(np.mean(self.names_evidence))
+        return out
 
     def compare(self, other: ExplanationEval, **kwargs) -> BootstrapResult:
         """Paired bootstrap of mean ROUGE-L F1, ``self - other`` (same users in the same order)."""
@@ -137,11 +147,16 @@ def evaluate_explanations(
         ids, histories, items, refs = ([col[j] for j in keep] for col in (ids, histories, items, refs))
     if not ids:
         raise RagrecError(f"no {split} users with review text to explain for in {sc.data.name!r}")
-    texts, grounded = [], []
+    texts, grounded, shown, fallback, named = [], [], [], [], []
     start = time.perf_counter()
     for h, item in tqdm(list(zip(histories, items)), desc=f"explain ({split})", disable=not progress, leave=False):
         ex = rec.explain(item, history=h, scenario=sc.name)
         texts.append(ex.model_text)
         grounded.append(ex.grounded and bool(ex.model_text))
+        shown.append(ex.text)
+        fallback.append(ex.fallback is not None)
+        cited = set(sc.matcher.cited(ex.text))  # items without titles (ids only) count when the id is written
+        named.append(any(e.item_id in cited or e.item_id in ex.text for e in ex.evidence))
     return ExplanationEval(sc.data.name, system, split, ids, items, refs, texts, np.array(grounded, dtype=bool),
-                           skipped, time.perf_counter() - start)  # fmt: skip
+                           skipped, time.perf_counter() - start, shown, np.array(fallback, dtype=bool),
+                           np.array(named, dtype=bool))  # fmt: skip

@@ -35,6 +35,7 @@ from ragrec import schema as S
 from ragrec.data.text import clean_review
 from ragrec.errors import RagrecError
 from ragrec.finetune.config import FinetuneConfig
+from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPredictor
@@ -217,7 +218,9 @@ def _explain(rec, sc, sequences, picked, config, rng, reviews) -> list[Example]:
     for p in picked:
         h = sequences[p.user_id]
         item = sc.catalog[h.item_ids[p.t]]
-        messages = explainer.messages(rec._items(sc, h.item_ids[: p.t]), item, sc.config.item_noun)
+        past = h.item_ids[: p.t]  # the evidence as serving computes it, from the history at that point
+        evidence = evidence_for(sc.retriever.encoder, sc.catalog, past, [item.item_id], rec.config.evidence)[0]
+        messages = explainer.messages(rec._items(sc, past), item, sc.config.item_noun, evidence)
         out.append(Example("explain", p.user_id, item.item_id, chat_text(rec.loaded.tokenizer, messages),
                            reviews[(p.user_id, p.t)]))  # fmt: skip
     return out

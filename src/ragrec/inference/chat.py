@@ -1,40 +1,90 @@
-"""Chat-style follow-up questions ("why Heat?", "something like Alien but funnier", "only 90s
-movies"), each turn re-grounded by retrieval.
+"""Chat-style follow-up questions ("why the first one?", "something like Alien but funnier",
+"only 90s movies"), with conversation state, each turn re-grounded by retrieval.
 
-Every turn retrieves afresh: the user's history through the scenario's retriever, and the
-question (with the previous one, for follow-ups) through the scenario's text encoder; the two
-lists are merged by reciprocal-rank fusion, filtered by any decade or year the question names,
-and the items the question itself names (``why Heat?``) are put first. The model answers from
-those items only; an answer that names an item outside them, or a quoted title not in the
-catalog, is replaced by a plain list of the retrieved items, and the answer says so.
+A session remembers what it showed: the ordered items of every turn (the first turn's list is the
+user's recommendations, :meth:`ChatSession.recommendations`) and the item each turn was about.
+Before anything is retrieved or prompted, references in the message are resolved to catalog
+items (:func:`resolve`): ordinals ("the first one", "the second", "number 3", "the last one")
+index the list shown last, "that one" / "it" is the item the conversation is about, "the last
+movie you mentioned" is the last item the previous answer named, and titles are matched in the
+catalog.
+
+What the message asks decides the turn (:func:`intent`):
+
+* **about** ("why would I like the first one?", "tell me more about Heat"): the answer is about
+  the referenced items, with their evidence (the history items that drove them).
+* **like** ("something like Alien but funnier", "similar to Heat"): the referenced items are the
+  anchor of the search (item-to-item through the scenario's retriever, fused with the text search
+  of the message), never the answer.
+* **recommend** (anything else): the history through the retriever, fused with the text search of
+  the message.
+
+Items the user has interacted with are never offered unless the message asks for them ("something
+I have seen", "to watch again"). A decade or year ("90s", "1995") filters the items; a category the
+message names ("comedies") or implies ("funnier", "scary") filters them when any item has it (else
+it is reported and ignored). The model answers from those items only, and only its complete
+sentences that pass the grounding check are shown (:mod:`ragrec.inference.explain`); when none
+does, an answer built from the data (the items and their evidence) replaces it, and the answer
+says so.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ragrec.data.text import clean_text
 from ragrec.errors import RagrecError
-from ragrec.inference.explain import generate_text
-from ragrec.inference.grounding import Grounding
-from ragrec.prompts import candidate_block, count_tokens, fit_history, history_block, sanitize
-from ragrec.types import Item, RankedItem, UserHistory
+from ragrec.inference.evidence import evidence_for
+from ragrec.inference.explain import accept_sentences, generate_text, prompt_text
+from ragrec.inference.grounding import Grounding, attribute_explanation
+from ragrec.prompts import count_tokens, fit_history, history_block, sanitize
+from ragrec.types import Evidence, Item, RankedItem, UserHistory
 
 if TYPE_CHECKING:
     from ragrec.inference.recommender import Recommender, Scenario
 
-__all__ = ["ChatSession", "ChatAnswer", "year_filter"]
+__all__ = ["ChatSession", "ChatAnswer", "year_filter", "resolve", "intent", "wanted_categories"]
 
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 POOL = 200  # items taken from each source before fusion and filtering
 
 _DECADE = re.compile(r"\b(?:(1[89]|20)(\d)0|'?(\d)0)'?s\b", re.I)  # 1990s, 90s, '90s
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
+_ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3,
+             "fifth": 4, "5th": 4, "sixth": 5, "6th": 5, "seventh": 6, "7th": 6, "eighth": 7, "8th": 7,
+             "last": -1, "top": 0}  # fmt: skip
+_ORDINAL = re.compile(r"\b(first|1st|second|2nd|third|3rd|fourth|4th|fifth|5th|sixth|6th|seventh|7th|eighth|8th"
+                      r"|last|top)\b(?=(?:\s+([a-z'-]+))?(?:\s+([a-z'-]+))?(?:\s+([a-z'-]+))?)", re.I)  # fmt: skip
+_NUMBER = re.compile(r"(?:\bnumber\s+|#|\bno\.\s*)([1-9])\b", re.I)
+_THAT = re.compile(r"\b(?:that|this)\s+(?:one|[a-z]+)\b|\bit\b", re.I)
+_MENTIONED = re.compile(r"\b(?:mention|mentioned|said|named|suggested|recommended)\b", re.I)
+_SEEN = re.compile(r"\b(?:already|again|re-?watch|re-?play|re-?read|(?:have|i've|i have|i)\s+(?:seen|watched|"
+                   r"played|read)|seen before|from my history)\b", re.I)  # fmt: skip
+_ABOUT = re.compile(r"\b(?:why|explain|what makes|how come|tell me (?:more )?about|more about|what is|what's|"
+                    r"is it|would i (?:like|enjoy)|should i)\b", re.I)  # fmt: skip
+_LIKE = re.compile(r"\b(?:like|similar to|such as|more of|in the vein of|along the lines of)\s+$", re.I)
+_LIKE_REF = re.compile(r"\b(like|similar to|more of)\s+(?:it|that(?:\s+one)?|this(?:\s+one)?|the\s+\w+(?:\s+one)?"
+                       r"|number\s+\d|#\d)\b", re.I)  # fmt: skip
+_NON_ORDINAL_NEXT = {"time", "year", "years", "decade", "century", "night", "week", "few", "couple"}
+# Words that imply a category the catalog may have ("funnier" -> Comedy); used only for categories
+# the catalog has, matched case-insensitively.
+_IMPLIED = {
+    "comedy": r"funn(?:y|ier|iest)|hilarious|laugh\w*|comic",
+    "horror": r"scar(?:y|ier|iest)|frighten\w*|creepy",
+    "romance": r"romantic|love stor(?:y|ies)",
+    "thriller": r"thrilling|suspense\w*|tense",
+    "animation": r"animated|cartoons?",
+    "children's": r"kids?|children|family",
+    "sci-fi": r"science fiction|space|futuristic",
+    "action": r"action-packed|explosive",
+    "documentary": r"documentar(?:y|ies)|true story",
+    "musical": r"musicals?|singing",
+}
 
 
 def year_filter(question: str) -> tuple[Callable[[Item], bool] | None, str | None]:
@@ -55,9 +105,83 @@ def year_filter(question: str) -> tuple[Callable[[Item], bool] | None, str | Non
     return None, None
 
 
+_LIKER = {"i", "you", "we", "they", "would", "will", "do", "does", "did", "might", "may", "d", "really", "not"}
+
+
+def _anchored(before: str) -> bool:
+    """Whether the text before a reference ends with "like" / "similar to" used as a comparison
+    ("something like", "more like") rather than the verb ("would I like", "I really like")."""
+    if not _LIKE.search(before):
+        return False
+    words = re.findall(r"[a-z]+", before.lower())
+    return not (words[-1:] == ["like"] and len(words) >= 2 and words[-2] in _LIKER)
+
+
+def wanted_categories(question: str, categories: Sequence[str], named: Sequence[str] = ()) -> list[str]:
+    """Catalog categories the question asks for: those it names (``named``, from the title
+    matcher) and those a word implies ("funnier" -> Comedy), kept only where the catalog has them."""
+    by_lower = {c.lower(): c for c in categories}
+    out = [c for c in named if c in categories]
+    for cat, words in _IMPLIED.items():
+        if cat in by_lower and re.search(rf"\b(?:{words})\b", question, re.I):
+            out.append(by_lower[cat])
+    return list(dict.fromkeys(out))
+
+
+def resolve(
+    question: str,
+    shown: Sequence[str],
+    *,
+    subject: Sequence[str] = (),
+    mentioned: Sequence[str] = (),
+    titles: Sequence[tuple[int, str]] = (),
+) -> list[str]:
+    """Item ids the question refers to, in the order it refers to them.
+
+    ``shown``: the list shown last (ordinals index it); ``subject``: what the conversation is about
+    ("that one", "it"); ``mentioned``: the items the previous answer named, in order ("the last
+    movie you mentioned"); ``titles``: (position, item id) of the catalog titles the question names."""
+    refs: list[tuple[int, str]] = []
+    for m in _ORDINAL.finditer(question):
+        following = [w.lower() for w in m.groups()[1:] if w]
+        if following and (following[0] in _NON_ORDINAL_NEXT or following[:2] == ["of", "all"]):  # "last year"
+            continue
+        pool = mentioned if m.group(1).lower() == "last" and _MENTIONED.search(" ".join(following)) else shown
+        if pool:
+            k = _ORDINALS[m.group(1).lower()]
+            if k < len(pool):
+                refs.append((m.start(), pool[k]))
+    for m in _NUMBER.finditer(question):
+        k = int(m.group(1)) - 1
+        if k < len(shown):
+            refs.append((m.start(), shown[k]))
+    refs += list(titles)
+    if not refs:
+        m = _THAT.search(question)
+        target = list(subject) or list(shown[:1])
+        if m and target:
+            refs.append((m.start(), target[0]))
+    return list(dict.fromkeys(i for _, i in sorted(refs, key=lambda r: r[0])))
+
+
+def intent(question: str, references: Sequence[str], anchors: Sequence[str]) -> Literal["about", "like", "recommend"]:
+    """What a message asks for: ``like`` when it names an anchor ("like Alien"), ``about`` when
+    it asks why/about referenced items, else ``recommend``."""
+    if anchors:
+        return "like"
+    if references and _ABOUT.search(question):
+        return "about"
+    if references and not re.search(r"\b(?:recommend|suggest|something|anything|another|others?|more)\b",
+                                    question, re.I):  # fmt: skip
+        return "about"  # "and the second one?"
+    return "recommend"
+
+
 @dataclass(frozen=True)
 class ChatAnswer:
-    """One turn: the question as used, the answer to show, the retrieved items it rests on."""
+    """One turn: the question as used, the answer to show, the items it offers or is about (with
+    their evidence), what the model wrote, its grounding, any fallback and notes, the items the
+    message referred to and what it asked (``intent``)."""
 
     question: str
     text: str
@@ -66,6 +190,9 @@ class ChatAnswer:
     grounding: Grounding
     fallback: str | None = None
     notes: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    intent: str = "recommend"
+    include_seen: bool = False
 
 
 @dataclass
@@ -78,32 +205,62 @@ class ChatSession:
     user_id: str | None = None
     fallback: str | None = None  # how the user was resolved (e.g. unknown user)
     turns: list[ChatAnswer] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)  # the item list shown last, in order
+    subject: list[str] = field(default_factory=list)  # what the conversation is about now
 
-    def _pool(self, query: str, mentioned: list[str], keep: Callable[[Item], bool] | None, n: int, notes: list[str]):
+    def recommendations(self, k: int | None = None) -> tuple[RankedItem, ...]:
+        """The user's recommendations (the list "the first one" refers to before any answer)."""
+        rec = self.recommender
+        k = min(k or rec.config.chat_candidates, rec.config.candidates)
+        if self.user_id is not None and self.history is not None and self.fallback is None:
+            res = rec.recommend(self.user_id, scenario=self.scenario.name, k=k)
+        else:
+            res = rec.recommend(history=list(self.history.item_ids), scenario=self.scenario.name, k=k)
+        self.shown = res.item_ids
+        return res.items
+
+    # ------------------------------------------------------------------ retrieval
+    def _pool(self, query: str, anchors: Sequence[str], keep: Callable[[Item], bool] | None, wanted: Sequence[str],
+              include_seen: bool, n: int, notes: list[str]) -> list[str]:  # fmt: skip
         sc, seen = self.scenario, set(self.history.item_ids)
         fused: dict[str, float] = {}
         pool = min(POOL, len(sc.retriever.index))
-        res = sc.retriever.retrieve(histories=[list(self.history.item_ids)], k=pool)[0]
-        for c in res.candidates:
-            fused[c.item_id] = fused.get(c.item_id, 0.0) + 1.0 / (RRF_K + c.rank)
+        seeds = list(anchors) or list(self.history.item_ids)
+        if seeds:
+            res = sc.retriever.retrieve(histories=[seeds], k=pool, exclude_seen=not include_seen)[0]
+            for c in res.candidates:
+                fused[c.item_id] = fused.get(c.item_id, 0.0) + 1.0 / (RRF_K + c.rank)
+        if include_seen:  # the history itself, most recent first
+            for rank, i in enumerate(reversed(self.history.item_ids), 1):
+                fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
         if sc.text is not None:
             scores = sc.text.encode_text([query])[0] @ sc.text.vectors.T  # (N,) cosine to the question
-            order = np.argsort(-scores, kind="stable")
-            if keep is not None:  # a filter: search the whole catalog, not just the top of it
-                order = [
-                    j for j in order if sc.text.item_ids[j] in sc.catalog and keep(sc.catalog[sc.text.item_ids[j]])
-                ]
-            for rank, j in enumerate(list(order)[:pool], 1):
-                i = sc.text.item_ids[j]
+            order = [sc.text.item_ids[j] for j in np.argsort(-scores, kind="stable")]
+            if keep is not None or wanted:  # a filter: search the whole catalog, not just the top of it
+                order = [i for i in order if i in sc.catalog and self._fits(sc.catalog[i], keep, wanted)]
+            for rank, i in enumerate(order[:pool], 1):
                 fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
         else:
             notes.append("no text encoder in this scenario: items retrieved from the history only")
-        picked = [i for i in sorted(fused, key=lambda i: -fused[i]) if i not in seen and i not in mentioned]
+        ranked = sorted(fused, key=lambda i: -fused[i])
+        picked = [i for i in ranked if i not in anchors and (include_seen or i not in seen) and i in sc.catalog]
         if keep is not None:
             picked = [i for i in picked if keep(sc.catalog[i])]
-        ranked = [(i, 1.0) for i in mentioned] + [(i, fused[i]) for i in picked[:n]]
-        return tuple(RankedItem(i, float(s), r) for r, (i, s) in enumerate(ranked, 1))
+        if wanted:
+            matching = [i for i in picked if self._fits(sc.catalog[i], None, wanted)]
+            if matching:
+                picked = matching
+            else:
+                notes.append(f"no item matches {', '.join(wanted)}: not filtered by it")
+        if include_seen:
+            picked = [i for i in picked if i in seen] or picked
+        return picked[:n]
 
+    @staticmethod
+    def _fits(item: Item, keep: Callable[[Item], bool] | None, wanted: Sequence[str]) -> bool:
+        return (keep is None or keep(item)) and (not wanted or any(c in item.categories for c in wanted))
+
+    # ------------------------------------------------------------------ one turn
     def ask(self, question: str) -> ChatAnswer:
         """Answer one question; raises for an empty one. Long messages are cut (reported in ``notes``)."""
         rec, sc = self.recommender, self.scenario
@@ -115,19 +272,73 @@ class ChatSession:
         notes = []
         if len(raw) > budget.max_user_chars:
             notes.append(f"message cut from {len(raw)} to {budget.max_user_chars} characters")
-        mentioned = [i for i in sc.matcher.cited(q) if i in sc.catalog][:3]
+        if not self.shown and (_ORDINAL.search(q) or _NUMBER.search(q)):
+            self.recommendations()  # "the first one" before any answer: the user's recommendations
+        previous = self.turns[-1] if self.turns else None
+        mentioned = list(previous.grounding.cited) if previous else []
+        titles = [(spans[0][0], i) for i in sc.matcher.cited(q) if i in sc.catalog
+                  for spans in [sc.matcher.title_spans(q, i) or [(len(q), len(q))]]]  # fmt: skip
+        refs = resolve(q, self.shown, subject=self.subject, mentioned=mentioned, titles=titles)
+        anchors = [i for a, i in titles if _anchored(q[:a])]
+        m = _LIKE_REF.search(q)
+        if not anchors and refs and m and _anchored(q[: m.end(1)] + " "):  # "something like it / the first one"
+            anchors = refs[:1]
+        kind = intent(q, refs, anchors)
+        include_seen = bool(_SEEN.search(q))
         keep, described = year_filter(q)
         if described:
             notes.append(f"filter: {described}")
-        query = q if not self.turns else f"{self.turns[-1].question} {q}"
-        items = self._pool(query, mentioned, keep, rec.config.chat_candidates, notes)
-        if len(items) == len(mentioned) and keep is not None:
-            notes.append(f"no unseen item matches {described}")
-        cand_items = [sc.catalog[i.item_id] for i in items]
-        block = candidate_block(cand_items, budget)[0] if cand_items else "(none)"
-        hist = rec._items(sc, self.history.item_ids)[-budget.max_history :]
+        wanted = wanted_categories(q, sorted({c for it in sc.catalog.values() for c in it.categories}),
+                                   sc.matcher.stated(q)[0])  # fmt: skip
+        if wanted:
+            notes.append(f"wanted: {', '.join(wanted)}")
+        if kind == "about":
+            ids = refs[:3]
+        else:
+            query = f"{' '.join(clean_text(sc.catalog[a].title) or '' for a in anchors)} {q}".strip()
+            if kind == "recommend" and previous is not None and not refs:
+                query = f"{previous.question} {q}"  # a follow-up ("only 90s ones") refines the last question
+            ids = self._pool(query, anchors, keep, wanted, include_seen, rec.config.chat_candidates, notes)
+            if not ids and (keep is not None or wanted):
+                notes.append(f"no {'seen' if include_seen else 'unseen'} item matches the filter")
+        evidence = self._evidence(ids)
+        items = tuple(RankedItem(i, 1.0 / r, r, None, None, e) for r, (i, e) in enumerate(zip(ids, evidence), 1))
+        text, grounding, answer, fallback, more = self._answer(q, kind, items)
+        turn = ChatAnswer(q, answer, items, text, grounding, fallback, tuple(notes + more), tuple(refs), kind,
+                          include_seen)  # fmt: skip
+        self.turns.append(turn)
+        if kind == "about":
+            self.subject = list(ids)
+        else:
+            self.shown, self.subject = list(ids), list(ids[:1])
+        return turn
+
+    def _evidence(self, ids: Sequence[str]) -> list[tuple[Evidence, ...]]:
+        n = self.recommender.config.evidence
+        if not ids or not n or not self.history.item_ids:
+            return [() for _ in ids]
+        return evidence_for(self.scenario.retriever.encoder, self.scenario.catalog, self.history.item_ids, ids, n)
+
+    def _lines(self, items: Sequence[RankedItem]) -> str:
+        sc, budget = self.scenario, self.recommender.budget
+        lines = []
+        for it in items:
+            line = sanitize(_name(sc.catalog[it.item_id]) + _cats(sc.catalog[it.item_id]), budget.max_item_chars)
+            because = [sanitize(clean_text(e.title) or e.item_id, 60) for e in it.evidence[:2]]
+            lines.append(
+                f"{it.rank}. {line}" + (f" (because of {' and '.join(because)} in your history)" if because else "")
+            )
+        return "\n".join(lines) if lines else "(none)"
+
+    def _answer(self, q: str, kind: str, items: tuple[RankedItem, ...]):
+        rec, sc = self.recommender, self.scenario
+        budget = rec.budget
         template = rec.template(sc, "chat")
         template.require_output("text")
+        hist = rec._items(sc, self.history.item_ids)[-budget.max_history :]
+        about = ""
+        if kind == "about" and items:
+            about = f"I am asking about: {'; '.join(_name(sc.catalog[i.item_id]) for i in items)}\n"
         earlier = []
         for turn in self.turns[-rec.config.chat_turns :] if rec.config.chat_turns else []:
             earlier += [{"role": "user", "content": turn.question}, {"role": "assistant", "content": turn.text}]
@@ -139,7 +350,8 @@ class ChatSession:
             template,
             lambda n: {
                 "item_noun": sc.config.item_noun,
-                "candidates": block,
+                "candidates": self._lines(items),
+                "about": about,
                 "question": q,
                 "history": history_block(hist[len(hist) - n :] if n else [], budget),
             },  # fmt: skip
@@ -147,15 +359,61 @@ class ChatSession:
             budget,
         )
         with rec.use(sc):
-            text = generate_text(rec.loaded, with_turns(messages), template.output.max_new_tokens)
+            text = generate_text(rec.loaded, with_turns(messages), template.output, sc.matcher.sentences)
         allowed = set(self.history.item_ids) | {i.item_id for i in items}
-        grounding = sc.matcher.check(text, allowed, about={i.item_id for i in items})
-        answer, fallback = text, None
-        if not text or not grounding.grounded:
-            listed = "; ".join(clean_text(c.title) or c.item_id for c in cand_items[:5]) or "nothing"
-            answer = f"From the catalog: {listed}."
-            fallback = ("the model wrote nothing" if not text else grounding.reason("the history and retrieved items")
-                        ) + "; answered with the retrieved items"  # fmt: skip
-        turn = ChatAnswer(q, answer, items, text, grounding, fallback, tuple(notes))
-        self.turns.append(turn)
-        return turn
+        history = list(self.history.item_ids)
+        prompt = prompt_text(template, q)
+
+        def check(t: str) -> Grounding:
+            return sc.matcher.check(t, allowed, about={i.item_id for i in items}, history=history, prompt=prompt)
+
+        parts, rest = sc.matcher.sentences(text)
+        n = template.output.max_sentences
+        parts = parts[:n] if n else parts
+        kept, good, bad = accept_sentences(parts, check)
+        notes: list[str] = []
+        if kept and any(i.item_id in good.cited for i in items):  # an answer names what it is about or offers
+            if bad is not None:
+                notes.append(f"kept {kept} of {len(parts)} sentences: the next one failed the check ({bad.reason()})")
+            if rest:
+                notes.append("dropped an unfinished last sentence")
+            return text, good, " ".join(parts[:kept]), None, notes
+        if not text:
+            why = "the model wrote nothing"
+        elif bad is not None:
+            why = bad.reason("the history and the items offered")
+        elif kept:
+            why = "the model's answer named none of the items it is about or offers"
+        else:
+            why = "the model's text ended mid-sentence"
+        grounding = bad or check(text)
+        return text, grounding, self._data_answer(kind, items), f"{why}; answered from the data", notes
+
+    def _data_answer(self, kind: str, items: Sequence[RankedItem]) -> str:
+        """An answer built from the items and their evidence alone."""
+        sc = self.scenario
+        noun = sc.config.item_noun
+        if not items:
+            return f"I found no {noun} in the catalog that fits; try another request."
+        hist = self.recommender._items(sc, self.history.item_ids)
+        if kind == "about":
+            out = []
+            for it in items:
+                support = [sc.catalog[e.item_id] for e in it.evidence if e.item_id in sc.catalog]
+                out.append(attribute_explanation(sc.catalog[it.item_id], hist, noun, support))
+            return " ".join(out)
+        names = [_name(sc.catalog[i.item_id]) for i in items[:3]]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        first = items[0]
+        because = [clean_text(e.title) for e in first.evidence[:2] if e.title]
+        why = f" {names[0]} is there because of {' and '.join(because)} in your history." if because else ""
+        return f"You may like {listed}.{why}"
+
+
+def _name(item: Item) -> str:
+    title = clean_text(item.title) or item.item_id
+    return f"{title} ({item.year})" if item.year and f"({item.year})" not in title else title
+
+
+def _cats(item: Item) -> str:
+    return f", {', '.join(item.categories[:3])}" if item.categories else ""

@@ -1,69 +1,190 @@
 """Free-text tasks: explanations (streamed or whole), checked for grounding.
 
-The model writes greedily from the ``explain`` template; the text is then checked by
-:class:`~ragrec.inference.grounding.TitleMatcher`. An explanation that names an item outside the
-user's history and the recommended item, or a quoted title that is not in the catalog, is
-replaced by one built from the data (:func:`attribute_explanation`), and the result says so.
+The model writes from the ``explain`` template, prompted with the *evidence*: the history items
+that drove the recommendation (:mod:`ragrec.inference.evidence`). Decoding follows the template's
+output contract (no repeated n-grams, a repetition penalty, a stop after ``max_sentences``
+complete sentences), and only complete sentences are ever shown. The text is then checked by
+:class:`~ragrec.inference.grounding.TitleMatcher` sentence by sentence: the longest run of leading
+sentences that passes is the explanation (the rest is dropped, and ``notes`` says so); when not
+even the first sentence passes, an explanation built from the data
+(:func:`~ragrec.inference.grounding.attribute_explanation`, citing the evidence) replaces it and
+``fallback`` says why. A stream emits exactly the sentences that pass, so what was shown is what
+the final explanation holds: rejected text is never emitted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ragrec.data.text import render_item_text
+from ragrec.inference.evidence import evidence_block
 from ragrec.inference.grounding import Grounding, TitleMatcher, attribute_explanation
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, count_tokens, fit_history, history_block, sanitize
-from ragrec.types import Item
+from ragrec.prompts import (
+    OutputContract,
+    PromptBudget,
+    PromptTemplate,
+    count_tokens,
+    fit_history,
+    history_block,
+    sanitize,
+)
+from ragrec.types import Evidence, Item
 
-__all__ = ["Explanation", "Explainer", "ExplanationStream", "generate_text"]
+__all__ = ["Explanation", "Explainer", "ExplanationStream", "generate_text", "accept_sentences", "prompt_text"]
 
 
 @dataclass(frozen=True)
 class Explanation:
     """Why ``item_id`` suits the user. ``text`` is what to show; ``model_text`` what the model
-    wrote; ``fallback`` says why ``text`` is not the model's (``None`` when it is)."""
+    wrote; ``fallback`` says why ``text`` is not the model's (``None`` when it is); ``notes`` any
+    other change (sentences dropped); ``evidence`` the history items behind the recommendation."""
 
     item_id: str
     text: str
     model_text: str
     grounding: Grounding
     fallback: str | None = None
+    evidence: tuple[Evidence, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def grounded(self) -> bool:
         return self.grounding.grounded
 
 
+class _SentenceStop:
+    """A transformers stopping criterion: stop once the new text holds ``n`` complete sentences,
+    or when ``cancel`` is set (a stream that already rejected a sentence)."""
+
+    def __init__(self, tokenizer, prompt_len: int, n: int, split: Callable[[str], tuple[list[str], str]]) -> None:
+        self.tokenizer, self.prompt_len, self.n, self.split = tokenizer, prompt_len, n, split
+        self.cancel = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        done = self.cancel
+        if not done and self.n:
+            text = self.tokenizer.decode(input_ids[0, self.prompt_len :], skip_special_tokens=True)
+            done = len(self.split(text)[0]) >= self.n
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def _decode_kwargs(loaded: LoadedModel, output: OutputContract, prompt_len: int, stop: _SentenceStop | None) -> dict:
+    """``generate`` settings for a text answer. The repetition controls look at the answer only:
+    transformers' own ``no_repeat_ngram_size`` would also ban every 3-gram of the prompt, so the model
+    could not write a history title it was shown."""
+    from transformers import (
+        LogitsProcessorList,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        StoppingCriteriaList,
+    )
+
+    class AnswerNoRepeat(NoRepeatNGramLogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return super().__call__(input_ids[:, prompt_len:], scores)
+
+    processors = LogitsProcessorList()
+    if output.repetition_penalty != 1.0:
+        processors.append(
+            RepetitionPenaltyLogitsProcessor(float(output.repetition_penalty), prompt_ignore_length=prompt_len)
+        )
+    if output.no_repeat_ngram_size:
+        processors.append(AnswerNoRepeat(output.no_repeat_ngram_size))
+    kwargs = dict(max_new_tokens=output.max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
+                  logits_processor=processors)  # fmt: skip
+    if stop is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
+    return kwargs
+
+
 @torch.no_grad()
-def generate_text(loaded: LoadedModel, messages: list[dict[str, str]], max_new_tokens: int) -> str:
-    """Greedy answer to chat ``messages`` (at most ``max_new_tokens`` tokens)."""
+def generate_text(
+    loaded: LoadedModel,
+    messages: list[dict[str, str]],
+    output: OutputContract | int,
+    split: Callable[[str], tuple[list[str], str]] | None = None,
+) -> str:
+    """Greedy answer to chat ``messages`` under ``output``'s decoding settings (an int: at most
+    that many new tokens, no other control). ``split`` finds complete sentences, for
+    ``output.max_sentences``."""
     tok = loaded.tokenizer
     enc = loaded.encode_chat(messages)
-    out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    if isinstance(output, int):
+        out = loaded.model.generate(**enc, max_new_tokens=output, do_sample=False, pad_token_id=tok.pad_token_id)
+    else:
+        prompt_len = enc["input_ids"].shape[1]
+        stop = _SentenceStop(tok, prompt_len, output.max_sentences, split) if split and output.max_sentences else None
+        out = loaded.model.generate(**enc, **_decode_kwargs(loaded, output, prompt_len, stop))
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-class ExplanationStream:
-    """Iterate to receive the explanation's text as the model writes it; afterwards
-    ``explanation`` holds the checked result (its ``text`` may be the grounded fallback)."""
+def prompt_text(template: PromptTemplate, *extra: str) -> str:
+    """The template's own words (system and user text without placeholders) plus ``extra`` (the
+    user's question): what an answer must not merely repeat."""
+    import string
 
-    def __init__(self, chunks: Iterator[str], finish) -> None:
+    fixed = [lit for part in (template.system, template.user) for lit, _, _, _ in string.Formatter().parse(part)]
+    return " ".join([*fixed, *extra])
+
+
+def accept_sentences(
+    parts: Sequence[str], check: Callable[[str], Grounding]
+) -> tuple[int, Grounding | None, Grounding | None]:
+    """How many leading sentences of ``parts`` pass ``check`` together, the check of that text
+    (``None`` when none passes) and the first failing check (``None`` when all pass)."""
+    kept, good = 0, None
+    for k in range(1, len(parts) + 1):
+        g = check(" ".join(parts[:k]))
+        if not g.grounded:
+            return kept, good, g
+        kept, good = k, g
+    return kept, good, None
+
+
+class ExplanationStream:
+    """Iterate to receive the explanation as it is written, one checked sentence at a time;
+    afterwards ``explanation`` holds the result. The pieces joined are exactly
+    ``explanation.text``: a sentence that fails the check ends the stream (generation is
+    cancelled), and when none passed the data-built explanation is sent as the only piece."""
+
+    def __init__(self, chunks: Iterator[str], explainer: Explainer, ctx: dict, stop: _SentenceStop | None) -> None:
         self._chunks = chunks
-        self._finish = finish
+        self._explainer = explainer
+        self._ctx = ctx
+        self._stop = stop
         self.explanation: Explanation | None = None
 
     def __iter__(self) -> Iterator[str]:
-        parts = []
+        ex, written, shown, passed = self._explainer, "", 0, 0
+        failed = False
+        n = ex.template.output.max_sentences
         for chunk in self._chunks:
-            parts.append(chunk)
-            yield chunk
-        self.explanation = self._finish("".join(parts).strip())
+            written += chunk
+            if failed:
+                continue
+            parts, _ = ex.matcher.sentences(written)
+            parts = parts[:n] if n else parts
+            # Sentences are held until the text passes the check and names its support (an
+            # evidence item), then sent; the first failing sentence ends the stream.
+            while passed < len(parts):
+                if not ex._grounding(" ".join(parts[: passed + 1]), self._ctx).grounded:
+                    failed = True
+                    if self._stop is not None:
+                        self._stop.cancel = True  # nothing more will be shown: stop generating
+                    break
+                passed += 1
+            if shown < passed and ex._supported(" ".join(parts[:passed]), self._ctx):
+                yield ("" if shown == 0 else " ") + " ".join(parts[shown:passed])
+                shown = passed
+        self.explanation = ex._finish(written.strip(), self._ctx)
+        if shown == 0:
+            yield self.explanation.text
 
 
 class Explainer:
@@ -83,14 +204,18 @@ class Explainer:
         self.matcher = matcher
         self.budget = budget or PromptBudget()
 
-    def messages(self, history: Sequence[Item], item: Item, item_noun: str) -> list[dict[str, str]]:
+    def messages(
+        self, history: Sequence[Item], item: Item, item_noun: str, evidence: Sequence[Evidence] = ()
+    ) -> list[dict[str, str]]:
         line = sanitize(render_item_text(item, max_chars=self.budget.max_item_chars * 2), self.budget.max_item_chars)
         history = list(history)[-self.budget.max_history :] if self.budget.max_history else []
+        block = evidence_block(evidence, self.budget.max_item_chars)
         messages, _ = fit_history(
             self.template,
             lambda n: {
                 "item_noun": item_noun,
                 "item": line,
+                "evidence": block,
                 "history": history_block(history[len(history) - n :] if n else [], self.budget),
             },  # fmt: skip
             lambda m: count_tokens(self.loaded.tokenizer, m),
@@ -98,33 +223,87 @@ class Explainer:
         )
         return messages
 
-    def _check(self, text: str, history: Sequence[Item], item: Item, item_noun: str) -> Explanation:
-        allowed = {h.item_id for h in history} | {item.item_id}
-        grounding = self.matcher.check(text, allowed, about={item.item_id})
-        if grounding.grounded and text:
-            return Explanation(item.item_id, text, text, grounding)
-        why = "the model wrote nothing" if not text else grounding.reason()
-        return Explanation(item.item_id, attribute_explanation(item, history, item_noun), text, grounding,
-                           fallback=f"{why}; explanation built from the data instead")  # fmt: skip
+    def _context(self, history: Sequence[Item], item: Item, item_noun: str, evidence: Sequence[Evidence]) -> dict:
+        return {"history": list(history), "item": item, "item_noun": item_noun, "evidence": tuple(evidence),
+                "prompt": prompt_text(self.template)}  # fmt: skip
 
-    def explain(self, history: Sequence[Item], item: Item, *, item_noun: str = "item") -> Explanation:
-        text = generate_text(self.loaded, self.messages(history, item, item_noun), self.template.output.max_new_tokens)
-        return self._check(text, history, item, item_noun)
+    def _grounding(self, text: str, ctx: dict) -> Grounding:
+        history = ctx["history"]
+        allowed = {h.item_id for h in history} | {ctx["item"].item_id}
+        return self.matcher.check(text, allowed, about={ctx["item"].item_id},
+                                  history=[h.item_id for h in history], prompt=ctx["prompt"])  # fmt: skip
+
+    def _supported(self, text: str, ctx: dict) -> bool:
+        """Whether ``text`` names what supports the recommendation: an evidence item (a history
+        item when there is no evidence); always true when none of those has a title to name."""
+        support = [e.item_id for e in ctx["evidence"] if e.title] or [h.item_id for h in ctx["history"] if h.title]
+        return not support or bool(set(self.matcher.cited(text)) & set(support))
+
+    def _finish(self, text: str, ctx: dict) -> Explanation:
+        """The checked explanation of the model's ``text`` (see the module docstring)."""
+        item, evidence = ctx["item"], ctx["evidence"]
+        parts, rest = self.matcher.sentences(text)
+        n = self.template.output.max_sentences
+        extra = len(parts) - n if n and len(parts) > n else 0
+        parts = parts[:n] if n else parts
+        kept, good, bad = accept_sentences(parts, lambda t: self._grounding(t, ctx))
+        if kept and not self._supported(" ".join(parts[:kept]), ctx):
+            kept, unsupported = 0, True
+        else:
+            unsupported = False
+        if kept:
+            notes = []
+            if bad is not None:
+                notes.append(f"kept {kept} of {len(parts)} sentences: the next one failed the check ({bad.reason()})")
+            if rest:
+                notes.append("dropped an unfinished last sentence")
+            if extra:
+                notes.append(f"dropped {extra} sentences beyond the template's max_sentences={n}")
+            assert good is not None
+            return Explanation(item.item_id, " ".join(parts[:kept]), text, good, None, evidence, tuple(notes))
+        if not text:
+            why, grounding = "the model wrote nothing", self._grounding("", ctx)
+        elif unsupported:
+            why, grounding = "the model named none of the history items behind the recommendation", good
+        elif bad is None:  # no complete sentence at all
+            why, grounding = "the model's text ended mid-sentence", self._grounding(text, ctx)
+        else:
+            why, grounding = bad.reason(), bad
+        by_id = {h.item_id: h for h in ctx["history"]}
+        support = [by_id[e.item_id] for e in evidence if e.item_id in by_id]
+        fallback = attribute_explanation(item, ctx["history"], ctx["item_noun"], support)
+        return Explanation(item.item_id, fallback, text, grounding, f"{why}; explanation built from the data instead",
+                           evidence)  # fmt: skip
+
+    def explain(
+        self, history: Sequence[Item], item: Item, *, item_noun: str = "item", evidence: Sequence[Evidence] = ()
+    ) -> Explanation:
+        messages = self.messages(history, item, item_noun, evidence)
+        text = generate_text(self.loaded, messages, self.template.output, self.matcher.sentences)
+        return self._finish(text, self._context(history, item, item_noun, evidence))
 
     def stream(
-        self, history: Sequence[Item], item: Item, *, item_noun: str = "item", guard=contextlib.nullcontext
+        self,
+        history: Sequence[Item],
+        item: Item,
+        *,
+        item_noun: str = "item",
+        evidence: Sequence[Evidence] = (),
+        guard=contextlib.nullcontext,
     ) -> ExplanationStream:
-        """Like :meth:`explain`, but the text arrives in pieces as it is generated.
+        """Like :meth:`explain`, but the text arrives in checked sentences as it is generated.
 
         ``guard()`` is entered by the generating thread around generation (the ``Recommender``
         passes one that holds its lock and activates the scenario's adapter)."""
         from transformers import TextIteratorStreamer
 
         tok = self.loaded.tokenizer
-        enc = self.loaded.encode_chat(self.messages(history, item, item_noun))
+        enc = self.loaded.encode_chat(self.messages(history, item, item_noun, evidence))
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        kwargs = dict(**enc, max_new_tokens=self.template.output.max_new_tokens, do_sample=False,
-                      pad_token_id=tok.pad_token_id, streamer=streamer)  # fmt: skip
+        output = self.template.output
+        prompt_len = enc["input_ids"].shape[1]
+        stop = _SentenceStop(tok, prompt_len, output.max_sentences, self.matcher.sentences)
+        kwargs = dict(**enc, **_decode_kwargs(self.loaded, output, prompt_len, stop), streamer=streamer)
 
         def run() -> None:
             with guard(), torch.no_grad():
@@ -137,4 +316,4 @@ class Explainer:
             yield from streamer
             worker.join()
 
-        return ExplanationStream(chunks(), lambda text: self._check(text, history, item, item_noun))
+        return ExplanationStream(chunks(), self, self._context(history, item, item_noun, evidence), stop)

@@ -13,23 +13,38 @@ films" about a drama that names no action film fails: strict, since the fallback
 a small LM's taste statements are often invented. Unquoted invented titles cannot be told from
 ordinary words, and attributes the catalog does not record (directors, plots) cannot be checked;
 those limits are documented, not hidden.
+
+Beyond facts, a text must read like an answer: degenerate repetition ("the genre of the genre of
+the genre"), text that mostly repeats the prompt's own wording or talks about "the user's
+question", and a recommended item presented as something the user already watched ("fits your
+history of Conspiracy Theory", where Conspiracy Theory is the recommendation) are refused too.
+:func:`sentences` splits a text into complete sentences (punctuation inside catalog titles such as
+"Faster Pussycat! Kill! Kill!" does not end one), so answers are only ever shown whole sentences.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from ragrec.data.text import clean_text
 from ragrec.types import Item
 
-__all__ = ["Grounding", "TitleMatcher", "attribute_explanation"]
+__all__ = ["Grounding", "TitleMatcher", "attribute_explanation", "sentences", "repetition", "echoes"]
 
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{2,80})[\"“”«»]")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _YEAR = re.compile(r"(18[89]|19\d|20[0-4])\d|(18[89]|19\d|20[0-4])0s")  # 1880-2049, or a decade "1990s"
 _ARTICLE = re.compile(r"^(.*), (the|a|an|les|la|le|il|el|die|der|das)$", re.I)  # "Usual Suspects, The"
+_SENT_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
+_ABBREV = re.compile(r"(?:\b(?:mr|mrs|ms|dr|st|vs|jr|sr|vol|no|etc|e\.g|i\.e)|\b[a-z])\.$", re.I)
+# A recommended item written as if it were in the user's past ("you watched X", "history of X").
+_PAST_CUE = re.compile(
+    r"\b(?:watched|seen|saw|enjoyed|liked|loved|rated|played|bought|owned|read|history(?: of| includes| with| like)?"
+    r"|past)\s+(?:[\w'-]+\s+){0,2}[\"“]?$", re.I)  # fmt: skip
+_META = re.compile(r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b", re.I)
 
 
 def _norm(text: str) -> str:
@@ -62,10 +77,14 @@ class Grounding:
     outside: tuple[str, ...]
     unknown: tuple[str, ...]
     unsupported: tuple[str, ...] = ()
+    misattributed: tuple[str, ...] = ()  # recommended items presented as part of the user's past
+    degenerate: str | None = None  # the repetition found, if any
+    echo: bool = False  # the text mostly repeats the prompt, or talks about the prompt
 
     @property
     def grounded(self) -> bool:
-        return not self.outside and not self.unknown and not self.unsupported
+        return not (self.outside or self.unknown or self.unsupported or self.misattributed or self.degenerate
+                    or self.echo)  # fmt: skip
 
     def reason(self, allowed: str = "the user's history") -> str:
         """Why the text is not grounded, in words ('' when it is)."""
@@ -76,6 +95,12 @@ class Grounding:
             parts.append(f"named titles not in the catalog: {list(self.unknown)}")
         if self.unsupported:
             parts.append(f"stated categories or years that none of those items has: {list(self.unsupported)}")
+        if self.misattributed:
+            parts.append(f"presented recommended items as already seen: {list(self.misattributed)}")
+        if self.degenerate:
+            parts.append(f"wrote degenerate text ({self.degenerate})")
+        if self.echo:
+            parts.append("repeated the prompt instead of answering")
         return "the model " + " and ".join(parts) if parts else ""
 
 
@@ -88,8 +113,12 @@ class TitleMatcher:
         self._cats_by_first: dict[str, list[tuple[tuple[str, ...], str]]] = {}
         self._forms: set[str] = set()
         self._attrs: dict[str, tuple[frozenset[str], int | None]] = {}
+        self._punct_titles: list[str] = []  # titles whose punctuation must not end a sentence
+        self._titles: dict[str, str] = {}
         for item in items:
             self._attrs[item.item_id] = (frozenset(item.categories), item.year)
+            if item.title:
+                self._titles[item.item_id] = item.title
             for cat in item.categories:
                 for form in {_norm(cat), _plural(_norm(cat))} - {""}:
                     words = tuple(form.split())
@@ -97,10 +126,39 @@ class TitleMatcher:
                         self._cats_by_first.setdefault(words[0], []).append((words, cat))
             if not item.title:
                 continue
+            if re.search(r"[.!?]\s", clean_text(item.title) + " "):
+                self._punct_titles.append(clean_text(item.title))
             for form in _title_forms(item.title):
                 words = tuple(form.split())
                 self._by_first.setdefault(words[0], []).append((words, item.item_id))
                 self._forms.add(form)
+        self._punct_titles.sort(key=len, reverse=True)
+        self._protect = (
+            re.compile("|".join(re.escape(t) for t in self._punct_titles), re.I) if self._punct_titles else None
+        )
+
+    def protected(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of catalog titles in ``text`` whose punctuation ("Kill! Kill!") does not
+        end a sentence."""
+        return [m.span() for m in self._protect.finditer(text)] if self._protect else []
+
+    def title_spans(self, text: str, item_id: str) -> list[tuple[int, int]]:
+        """Character spans where ``text`` names ``item_id``'s title (any of its written forms)."""
+        spans = []
+        for form in _title_forms(self._titles.get(item_id, "")):
+            pattern = r"\b" + r"\W+".join(re.escape(w) for w in form.split()) + r"\b"
+            spans += [m.span() for m in re.finditer(pattern, text, re.I)]
+        return sorted(set(spans))
+
+    def masked_words(self, text: str) -> list[str]:
+        """``text``'s normalised words with every catalog title it names replaced by one ``<title>``
+        word (titles are data: they may repeat or appear in the prompt legitimately)."""
+        words = _norm(text).split()
+        out, last = [], 0
+        for i, n, _ in self._spans(words, self._by_first):
+            out += words[last:i] + ["<title>"]
+            last = i + n
+        return out + words[last:]
 
     @staticmethod
     def _spans(words: list[str], index: dict[str, list[tuple[tuple[str, ...], str]]]) -> list[tuple[int, int, str]]:
@@ -131,12 +189,20 @@ class TitleMatcher:
         years = list(dict.fromkeys(w for w in rest if _YEAR.fullmatch(w)))
         return cats, years
 
-    def unsupported(self, text: str, allowed: Collection[str]) -> list[str]:
-        """Stated categories and years that no item of ``allowed`` has (a decade: no year in it)."""
+    def unsupported(self, text: str, allowed: Collection[str], history: Sequence[str] = ()) -> list[str]:
+        """Stated categories and years that no item of ``allowed`` has (a decade: no year in it).
+        With ``history`` (the user's items), a year of any history item is accepted, and so is a
+        category that at least a fifth (and two) of the history items have: "you like dramas" is
+        true of a user whose history is a third dramas, whichever of them the text names."""
         cats, years = self.stated(text)
         known = [self._attrs[i] for i in allowed if i in self._attrs]
         have_cats = set().union(*(c for c, _ in known)) if known else set()
         have_years = {y for _, y in known if y}
+        if history:
+            past = [self._attrs[i] for i in dict.fromkeys(history) if i in self._attrs]
+            have_years |= {y for _, y in past if y}
+            counts = Counter(c for cs, _ in past for c in cs)
+            have_cats |= {c for c, n in counts.items() if n >= max(2, len(past) / 5)}
         out = [c.lower() for c in cats if c not in have_cats]
         for w in years:
             decade = w.endswith("s")
@@ -145,11 +211,22 @@ class TitleMatcher:
                 out.append(w)
         return out
 
-    def check(self, text: str, allowed: Collection[str], about: Collection[str] | None = None) -> Grounding:
+    def check(
+        self,
+        text: str,
+        allowed: Collection[str],
+        about: Collection[str] | None = None,
+        *,
+        history: Sequence[str] = (),
+        prompt: str = "",
+    ) -> Grounding:
         """Ground ``text`` against the catalog, allowing the item ids in ``allowed``. Stated
         attributes must belong to an item of ``about`` (what the text is about: the explained
-        item, the items a chat answer offers) or to an allowed item the text names; without
-        ``about``, to any allowed item (lenient: a long history has every genre)."""
+        item, the items a chat answer offers), to an allowed item the text names, or to the
+        user's ``history`` (see :meth:`unsupported`); without ``about``, to any allowed item.
+        With ``history``, an item outside it that the text presents as seen ("you watched X") is
+        refused; with ``prompt`` (the instructions and the user's message, not the data), text that
+        mostly repeats it is. Degenerate repetition is always refused."""
         cited = self.cited(text)
         unknown = []
         for span in _QUOTED.findall(text):
@@ -157,20 +234,87 @@ class TitleMatcher:
             if form and form not in self._forms:
                 unknown.append(span.strip())
         support = allowed if about is None else set(about) | {i for i in cited if i in allowed}
+        seen = set(history)
+        misattributed = []
+        if history:
+            for i in cited:
+                if i not in seen and any(
+                    _PAST_CUE.search(text[max(0, a - 60) : a]) for a, _ in self.title_spans(text, i)
+                ):
+                    misattributed.append(i)
+        words = self.masked_words(text)
         return Grounding(tuple(cited), tuple(i for i in cited if i not in allowed), tuple(unknown),
-                         tuple(self.unsupported(text, support)))  # fmt: skip
+                         tuple(self.unsupported(text, support, history)), tuple(misattributed), repetition(words),
+                         echoes(words, self.masked_words(prompt)) or bool(_META.search(text)))  # fmt: skip
+
+    def sentences(self, text: str) -> tuple[list[str], str]:
+        """:func:`sentences` with this catalog's titles protected."""
+        return sentences(text, self.protected(text))
 
 
-def attribute_explanation(item: Item, history: Sequence[Item], item_noun: str = "item") -> str:
-    """A grounded explanation built from data alone: the history items that share the most
-    categories with ``item`` (else the most recent ones). Used when the model's text fails the check."""
+def sentences(text: str, protected: Sequence[tuple[int, int]] = ()) -> tuple[list[str], str]:
+    """Complete sentences of ``text`` and the unfinished rest ('' when it ends a sentence).
+
+    A sentence ends at ``.``, ``!`` or ``?`` (closing quotes and brackets kept) before white space
+    or the end, except inside a ``protected`` span (a title) or after an abbreviation ("Dr.",
+    "vs.", an initial)."""
+    out, start = [], 0
+    for m in _SENT_END.finditer(text):
+        end = m.end()
+        if any(a <= m.start() < b for a, b in protected) or _ABBREV.search(text[start : m.start() + 1]):
+            continue
+        piece = text[start:end].strip()
+        if piece:
+            out.append(piece)
+        start = end
+    return out, text[start:].strip()
+
+
+def repetition(words: Sequence[str]) -> str | None:
+    """The degenerate repetition in ``words`` (normalised, titles masked), or ``None``: a unit of
+    one to four words repeated back to back to four words or more ("algorithm s algorithm s"),
+    a three-word sequence three times, or a four-word one twice."""
+    words = list(words)
+    for n in (1, 2, 3, 4):
+        for i in range(len(words) - 2 * n + 1):
+            unit = words[i : i + n]
+            copies = 1
+            while words[i + copies * n : i + (copies + 1) * n] == unit:
+                copies += 1
+            if copies >= 2 and copies * n >= 4 and unit != ["<title>"] * n:
+                return f"'{' '.join(unit)}' {copies} times in a row"
+    for n, limit in ((3, 3), (4, 2)):
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        for gram, count in grams.most_common(1):
+            if count >= limit and "<title>" not in gram:
+                return f"'{' '.join(gram)}' {count} times"
+    return None
+
+
+def echoes(words: Sequence[str], prompt_words: Sequence[str], share: float = 0.5) -> bool:
+    """Whether at least ``share`` of the text's word 4-grams (and at least three) occur in the
+    prompt: the model repeated its instructions or the question instead of answering."""
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    if len(grams) < 3 or not prompt_words:
+        return False
+    known = {tuple(prompt_words[i : i + 4]) for i in range(len(prompt_words) - 3)}
+    return sum(g in known for g in grams) >= share * len(grams)
+
+
+def attribute_explanation(
+    item: Item, history: Sequence[Item], item_noun: str = "item", evidence: Sequence[Item] = ()
+) -> str:
+    """A grounded explanation built from data alone: the ``evidence`` items (the history items
+    that drove the recommendation, strongest first) when given, else the history items that
+    share the most categories with ``item`` (else the most recent ones). Used when the model's
+    text fails the check."""
     cats = set(item.categories)
     scored = sorted(
         ((len(cats & set(h.categories)), -pos, h) for pos, h in enumerate(reversed(history)) if h.title),
         key=lambda t: (t[0], t[1]),
         reverse=True,
     )
-    picks = [h for _, _, h in scored[:2]]
+    picks = [h for h in evidence if h.title][:2] or [h for _, _, h in scored[:2]]
     name = clean_text(item.title) or f"{item_noun} {item.item_id}"
     if not picks:
         what = f" ({', '.join(item.categories[:3])})" if item.categories else ""

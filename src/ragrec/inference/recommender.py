@@ -40,6 +40,7 @@ from ragrec.data.dataset import InteractionData
 from ragrec.errors import CacheError, RagrecError, UnknownNameError
 from ragrec.inference.adapters import META as ADAPTER_META
 from ragrec.inference.adapters import check_adapter
+from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
 from ragrec.inference.fusion import FusionModel, ItemPriors, _standardise
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
@@ -90,6 +91,10 @@ class RecommenderConfig(BaseModel):
     max_tokens: int = Field(2048, ge=64, description="Longest prompt in tokens (also capped by the model's context).")
     chat_candidates: int = Field(8, ge=1, le=26, description="Items retrieved for each chat turn.")
     chat_turns: int = Field(3, ge=0, description="Earlier chat turns kept in the prompt.")
+    evidence: int = Field(
+        3, ge=0, le=20, description="History items attached to each recommended item as its evidence "
+        "(the ones that moved its first-stage score most; 0: none).",
+    )  # fmt: skip
 
     def budget(self, context: int | None = None) -> PromptBudget:
         max_tokens = min(self.max_tokens, context) if context else self.max_tokens
@@ -380,11 +385,20 @@ class Recommender:
             else:
                 fused = fuse_scores(s, retr, sc.config.fusion_weight)
             order = np.argsort(-fused, kind="stable")[:k]
+            ev = self.evidence(sc, req, [cs[i].item_id for i in order])
             items = tuple(
-                RankedItem(cs[i].item_id, float(fused[i]), r, None, float(retr[i])) for r, i in enumerate(order, 1)
+                RankedItem(cs[i].item_id, float(fused[i]), r, None, float(retr[i]), e)
+                for r, (i, e) in enumerate(zip(order, ev), 1)
             )
             out.append(Recommendation(req.user_id, sc.name, "rank", items, req.fallback))
         return out
+
+    def evidence(self, sc: Scenario, req: _Request, item_ids: Sequence[str]) -> list[tuple]:
+        """The history items behind each of ``item_ids`` (:mod:`ragrec.inference.evidence`);
+        empty for a request answered by a fallback (its candidates did not come from a history)."""
+        if req.fallback is not None or not req.history.item_ids or not self.config.evidence:
+            return [() for _ in item_ids]
+        return evidence_for(sc.retriever.encoder, sc.catalog, req.history.item_ids, item_ids, self.config.evidence)
 
     def recommend(
         self,
@@ -424,7 +438,8 @@ class Recommender:
         seen = set(req.history.item_ids)  # an item sharing its title with a seen one is excluded with it
         kept = [i for i in out.item_ids if i not in seen]
         notes = (f"the model wrote {len(kept)} of {n} titles before ending",) if len(kept) < n else ()
-        items = tuple(RankedItem(i, -float(r), r) for r, i in enumerate(kept, 1))
+        ev = self.evidence(sc, req, kept)
+        items = tuple(RankedItem(i, -float(r), r, None, None, e) for r, (i, e) in enumerate(zip(kept, ev), 1))
         return Recommendation(req.user_id, sc.name, "generate", items, req.fallback, notes)
 
     def generate(
@@ -467,10 +482,12 @@ class Recommender:
         req = self._request(sc, user_id, history)
         explainer = Explainer(self.loaded, self.template(sc, "explain"), sc.matcher, budget=self.budget)
         hist = self._items(sc, req.history.item_ids)
+        evidence = self.evidence(sc, req, [item_id])[0]
         if stream:
-            return explainer.stream(hist, item, item_noun=sc.config.item_noun, guard=lambda: self.use(sc))
+            return explainer.stream(hist, item, item_noun=sc.config.item_noun, evidence=evidence,
+                                    guard=lambda: self.use(sc))  # fmt: skip
         with self.use(sc):
-            return explainer.explain(hist, item, item_noun=sc.config.item_noun)
+            return explainer.explain(hist, item, item_noun=sc.config.item_noun, evidence=evidence)
 
     def predict_rating(
         self,

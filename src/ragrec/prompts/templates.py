@@ -64,6 +64,12 @@ class OutputContract(BaseModel):
     )
     values: tuple[str, ...] = Field((), description="digit: the allowed digits, e.g. 1-5.")
     max_new_tokens: int = Field(1, ge=1, description="Tokens the answer may take.")
+    max_sentences: int = Field(
+        0, ge=0, description="text: stop after this many complete sentences (0: no limit); an unfinished last "
+        "sentence is never shown.",
+    )  # fmt: skip
+    no_repeat_ngram_size: int = Field(3, ge=0, description="text: never repeat a token n-gram of this size (0: off).")
+    repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="text: penalty on tokens already written.")
 
 
 class PromptTemplate(BaseModel):

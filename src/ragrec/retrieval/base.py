@@ -74,6 +74,30 @@ class Encoder(ABC):
         """(B, N) exact scores of every catalog item for each history."""
         return self.encode_histories(histories) @ self.item_embeddings().T
 
+    attribution: ClassVar[str] = "leave-one-out"  # how :meth:`contributions` is computed
+
+    def contributions(
+        self, history: Sequence[str], item_ids: Sequence[str], window: int = 50
+    ) -> tuple[list[str], np.ndarray]:
+        """How much each history item adds to each of ``item_ids``' scores for this history.
+
+        Returns the history items considered (distinct, known to the catalog, oldest first) and a
+        (H, C) array: row h is the score of each item minus its score with every occurrence of
+        history item h removed (leave-one-out; one batched :meth:`scores` call of H + 1 histories).
+        Only the ``window`` most recent distinct items are ablated (older ones are left out of the
+        result). Encoders whose score is a sum of per-history-item terms override this with the
+        exact decomposition (``attribution = "exact"``)."""
+        known = [i for i in history if i in self.item_index]
+        distinct = list(dict.fromkeys(reversed(known)))[:window][::-1]  # newest occurrence decides the order
+        if not distinct:
+            return [], np.zeros((0, len(item_ids)), dtype=np.float32)
+        cols = self.indices(item_ids)
+        if len(cols) != len(item_ids):
+            raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
+        ablated = [[i for i in known if i != h] for h in distinct]
+        scores = self.scores([known, *ablated])[:, cols]  # (H + 1, C)
+        return distinct, (scores[0][None, :] - scores[1:]).astype(np.float32)
+
     def indices(self, items: Sequence[str]) -> list[int]:
         """Catalog rows of ``items``; ids not in the catalog are skipped."""
         return [self.item_index[i] for i in items if i in self.item_index]

@@ -104,6 +104,24 @@ class EASEEncoder(Encoder):
                 out[row] = np.asarray(list(weights.values()), dtype=np.float32) @ self.weights[cols]
         return out
 
+    attribution = "exact"
+
+    def contributions(
+        self, history: Sequence[str], item_ids: Sequence[str], window: int = 50
+    ) -> tuple[list[str], np.ndarray]:
+        """Exact: an item's score is ``sum_h decay**age(h) * B[h, item]`` (see :meth:`scores`), so
+        each history item's term is its contribution and the rows add up to the score. Every
+        distinct history item is returned (``window`` is not needed: nothing is ablated)."""
+        weights: dict[int, float] = {}
+        for age, col in enumerate(reversed(self.indices(history))):
+            weights.setdefault(col, self.config.decay**age)  # newest occurrence counts
+        cols = self.indices(item_ids)
+        if len(cols) != len(item_ids):
+            raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
+        rows = list(weights)[::-1]  # oldest first
+        w = np.asarray([weights[r] for r in rows], dtype=np.float32)[:, None]
+        return [self.item_ids[r] for r in rows], (w * self.weights[np.ix_(rows, cols)]).astype(np.float32)
+
     def _config(self) -> dict[str, Any]:
         return self.config.model_dump()
 
