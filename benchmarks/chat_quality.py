@@ -6,7 +6,8 @@ played by ``--users-per-pattern`` sampled users: 50 conversations, 150 turns by 
 
 * **reference resolved**: the items the session resolved equal the expected ones, judged from the
   conversation state before the turn (the list shown last, the subject, the last item the previous
-  answer named, the {recent} title), over the turns whose message refers to something;
+  answer named, the {recent} title; none for a message that refers to nothing, so a spurious
+  reference counts as wrong);
 * **unseen only**: no item the user has interacted with is offered (unless the message asks for
   seen ones), and the text presents no offered item as already seen;
 * **grounded without fallback**: the model's own sentences were shown;
@@ -53,17 +54,19 @@ def _log(msg: str) -> None:
 
 
 def expected_refs(expect, session, previous, recent: str) -> list[str] | None:
-    """The item ids a scripted turn refers to, from the session state before it (None: no reference)."""
+    """The item ids a scripted turn refers to, from the session state before it ([]: it refers to
+    nothing, so resolving anything is wrong; None: what it refers to does not exist, not counted)."""
     if expect == "none":
-        return None
+        return []
     if expect == "recent":
         return [recent]
     if expect == "subject":
         return list(session.subject[:1]) or list(session.shown[:1])
     if expect == "mentioned":
-        return list(previous.grounding.cited[-1:]) if previous and previous.grounding.cited else session.shown[-1:]
+        named = session.scenario.matcher.cited(previous.text) if previous else []  # in the answer as shown
+        return named[-1:] or None  # an answer that named nothing leaves nothing to refer to
     k = expect["shown"]
-    return [session.shown[k]] if session.shown and -len(session.shown) <= k < len(session.shown) else []
+    return [session.shown[k]] if session.shown and -len(session.shown) <= k < len(session.shown) else None
 
 
 def distinct2(words: list[str]) -> float:
@@ -110,7 +113,7 @@ def run(args) -> None:
             turns.append({
                 "user": user, "pattern": n % len(script), "turn": t, "message": message, "intent": ans.intent,
                 "expected": expected, "references": list(ans.references),
-                "resolved": None if expected is None else list(ans.references[:len(expected)]) == expected
+                "resolved": None if expected is None else list(ans.references) == expected
                 and (not step.get("anchor") or ans.intent == "like"),
                 "items": [sc.catalog[i.item_id].title for i in ans.items],
                 "unseen_only": (ans.include_seen or not set(offered) & seen) and not ans.grounding.misattributed,
@@ -140,9 +143,10 @@ def report(args, turns, explanations, total, write_report, atomic_write_text) ->
     rows = []
     for t in sorted({r["turn"] for r in turns}) + [None]:
         part = [r for r in turns if t is None or r["turn"] == t]
-        rows.append({"system": system, "turn": "all" if t is None else t + 1, "turns": len(part),
+        rows.append({"dataset": "ml-100k", "system": system, "split": "train+valid histories",
+                     "turn": "all" if t is None else t + 1, "turns": len(part),
                      "references_resolved_%": _pct(part, "resolved"),
-                     "with_reference": sum(r["resolved"] is not None for r in part),
+                     "turns_counted": sum(r["resolved"] is not None for r in part),
                      "unseen_only_%": _pct(part, "unseen_only"),
                      "grounded_no_fallback_%": round(100 * sum(r["fallback"] is None for r in part) / len(part), 1),
                      "degenerate_%": _pct(part, "degenerate"),
@@ -154,8 +158,9 @@ def report(args, turns, explanations, total, write_report, atomic_write_text) ->
                "model_text_kept_%": round(100 * sum(e["fallback"] is None for e in explanations) / len(explanations), 1),
                "fallback_%": round(100 * sum(e["fallback"] is not None for e in explanations) / len(explanations), 1),
                "seconds_p50": round(statistics.median(e["seconds"] for e in explanations), 2)}  # fmt: skip
-    samples = ["", "## Chat answers (20 samples: the first two conversations of each pattern's first turn...)", ""]
-    for r in turns[:: max(1, len(turns) // 20)][:20]:
+    step = max(1, len(turns) // 20)
+    samples = ["", f"## Chat answers (up to 20 samples: one turn in {step})", ""]
+    for r in turns[::step][:20]:
         samples += [f"- user {r['user']}, turn {r['turn'] + 1} ({r['intent']}): *{r['message']}*",
                     f"  - answer: {r['text']}", f"  - items: {'; '.join(str(i) for i in r['items'][:5])}"]  # fmt: skip
         if r["fallback"]:
@@ -170,19 +175,22 @@ def report(args, turns, explanations, total, write_report, atomic_write_text) ->
         f"sampled from the test users (seed 0; histories: train + valid, no held-out item is used), {system}, "
         f"{total / 60:.1f} min on this machine in all. Aims (issue): references >= 95%, unseen-only 100%, "
         "degenerate and cut 0%, grounded without fallback >= 80%; explanations naming an evidence item >= 90%.",
-        "Reference resolved: the session's resolved items equal the expected ones (and an 'anchor' turn searched "
-        "around it); only turns whose message refers to something count.",
+        "Reference resolved: the session's resolved items equal the expected ones exactly (none for a message "
+        "that refers to nothing; an 'anchor' turn must also search around the item); turns whose referent does "
+        "not exist (an answer that named nothing) are not counted.",
         "Explanations: " + ", ".join(f"{k} {v}" for k, v in exp_row.items() if k != "system") + ".",
     ]
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / args.name
     atomic_write_text(stem.parent / f"{stem.name}_answers.jsonl",
                       "".join(json.dumps(r) + "\n" for r in turns + [{"explanation": e} for e in explanations]))  # fmt: skip
-    write_report(stem, rows, title="Chat answers and explanations, ML-100K", notes=notes + samples,
-                 keys=("turn", "turns", "references_resolved_%", "with_reference", "unseen_only_%",
+    write_report(stem, rows, title="Chat answers and explanations, ML-100K", notes=notes,
+                 keys=("turn", "turns", "references_resolved_%", "turns_counted", "unseen_only_%",
                        "grounded_no_fallback_%", "degenerate_%", "distinct2", "cut_mid_sentence_%",
                        "seconds_per_turn_p50"),
                  extra={**provenance({k: str(v) for k, v in vars(args).items()}), "explanations": exp_row})  # fmt: skip
+    md = stem.with_suffix(".md")  # the samples go below the table and notes, as they read
+    atomic_write_text(md, md.read_text() + "\n".join(samples) + "\n")
     for r in rows:
         print(r)
     print(exp_row)

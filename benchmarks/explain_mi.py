@@ -202,13 +202,15 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
                  "2026-12-02 were not logged). Per-user ROUGE-L and grounding: explain_mi_per_user.csv.")  # fmt: skip
     _write_per_user(results / "explain_mi_per_user.csv", evals, per_user)
     written = write_report(results / "explain_mi", rows, title="Explanations, Amazon Musical Instruments (test)",
-                           comparisons=[(f"{tuned.system} - {zero.system}", diff)], notes=notes + samples,
+                           comparisons=[(f"{tuned.system} - {zero.system}", diff)], notes=notes,
                            keys=("users", "bleu4", "rouge_l", "grounded_rate", *[k for k in ("fallback_rate",
                                  "names_evidence_rate") if k in rows[0]], "seconds_per_explanation"),
                            figures={"scores": _plot(evals, per_user)},
                            extra={**provenance(config or {}),
                                   "train": {k: trained[k] for k in ("train_seconds", "steps", "stop_reason",
                                                                     "examples", "valid_curve", "config")}})  # fmt: skip
+    md = results / "explain_mi.md"  # the samples go below the table and notes, as they read
+    atomic_write_text(md, md.read_text() + "\n".join(samples) + "\n")
     for r in rows:
         print(f"{r['system']}: BLEU-4 {r['bleu4']:.2f} ROUGE-L {r['rouge_l']:.2f} grounded {r['grounded_rate']:.3f}")
     _log("wrote " + ", ".join(str(p) for p in written.values()))

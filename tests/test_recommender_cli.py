@@ -33,9 +33,14 @@ def test_recommend_json_and_errors(rec_dir):
 
 
 def test_explain_streams_and_chat_reads_stdin(rec_dir):
+    from ragrec.inference import Recommender
+
     code, out, err = run_cli("explain", str(rec_dir), "--user", "u1", "--item", "m3")
     assert code == 0, err
-    assert out.strip()
+    exp = Recommender.from_pretrained(rec_dir).explain("m3", "u1")  # the same greedy text in process
+    assert out.splitlines()[0] == exp.text  # the streamed answer is the checked one
+    if exp.fallback and exp.model_text.strip():  # a rejected text is never printed, only the reason
+        assert exp.model_text not in out and "note:" in err
     questions = "why heat?\n\nonly 90s movies\n" + "x" * 10_000 + "\nexit\nnever asked\n"
     code, out, err = run_cli("chat", str(rec_dir), "--user", "u2", stdin=questions)
     assert code == 0, err

@@ -275,7 +275,7 @@ class ChatSession:
         if not self.shown and (_ORDINAL.search(q) or _NUMBER.search(q)):
             self.recommendations()  # "the first one" before any answer: the user's recommendations
         previous = self.turns[-1] if self.turns else None
-        mentioned = list(previous.grounding.cited) if previous else []
+        mentioned = sc.matcher.cited(previous.text) if previous else []  # what the last answer showed
         titles = [(spans[0][0], i) for i in sc.matcher.cited(q) if i in sc.catalog
                   for spans in [sc.matcher.title_spans(q, i) or [(len(q), len(q))]]]  # fmt: skip
         refs = resolve(q, self.shown, subject=self.subject, mentioned=mentioned, titles=titles)

@@ -161,18 +161,20 @@ class ExplanationStream:
         self.explanation: Explanation | None = None
 
     def __iter__(self) -> Iterator[str]:
-        ex, written, shown, passed = self._explainer, "", 0, 0
-        failed = False
-        n = ex.template.output.max_sentences
-        for chunk in self._chunks:
-            written += chunk
-            if failed:
-                continue
-            parts, _ = ex.matcher.sentences(written)
-            parts = parts[:n] if n else parts
+        ex, n = self._explainer, self._explainer.template.output.max_sentences
+        written, shown, passed, failed = "", 0, 0, False
+
+        def advance(final: bool) -> Iterator[str]:
             # Sentences are held until the text passes the check and names its support (an
-            # evidence item), then sent; the first failing sentence ends the stream.
-            while passed < len(parts):
+            # evidence item), then sent; the first failing sentence ends the stream. A sentence
+            # that ends exactly where the text written so far ends may still grow ("Heat." ->
+            # "Heat.com"), so it waits for more text unless generation is over.
+            nonlocal shown, passed, failed
+            parts, rest = ex.matcher.sentences(written)
+            if not final and not rest and parts and not written[-1:].isspace():
+                parts = parts[:-1]
+            parts = parts[:n] if n else parts
+            while passed < len(parts) and not failed:
                 if not ex._grounding(" ".join(parts[: passed + 1]), self._ctx).grounded:
                     failed = True
                     if self._stop is not None:
@@ -182,6 +184,13 @@ class ExplanationStream:
             if shown < passed and ex._supported(" ".join(parts[:passed]), self._ctx):
                 yield ("" if shown == 0 else " ") + " ".join(parts[shown:passed])
                 shown = passed
+
+        for chunk in self._chunks:
+            written += chunk
+            if not failed:
+                yield from advance(final=False)
+        if not failed:
+            yield from advance(final=True)
         self.explanation = ex._finish(written.strip(), self._ctx)
         if shown == 0:
             yield self.explanation.text
