@@ -9,7 +9,7 @@ played by ``--users-per-pattern`` sampled users: 50 conversations, 150 turns by 
   answer named, the {recent} title; none for a message that refers to nothing, so a spurious
   reference counts as wrong);
 * **unseen only**: no item the user has interacted with is offered (unless the message asks for
-  seen ones), and the text presents no offered item as already seen;
+  seen ones), and the shown text presents no unseen item as already seen;
 * **grounded without fallback**: the model's own sentences were shown;
 * **degenerate**: the shown text repeats itself (``grounding.repetition``); **distinct-2**: the
   share of distinct word bigrams in the shown text;
@@ -116,7 +116,8 @@ def run(args) -> None:
                 "resolved": None if expected is None else list(ans.references) == expected
                 and (not step.get("anchor") or ans.intent == "like"),
                 "items": [sc.catalog[i.item_id].title for i in ans.items],
-                "unseen_only": (ans.include_seen or not set(offered) & seen) and not ans.grounding.misattributed,
+                "unseen_only": (ans.include_seen or not set(offered) & seen)
+                and not sc.matcher.check(ans.text, sc.catalog, history=list(seen)).misattributed,
                 "fallback": ans.fallback, "text": ans.text, "model_text": ans.model_text,
                 "degenerate": repetition(sc.matcher.masked_words(ans.text)) is not None,
                 "distinct2": distinct2(words), "cut": not shown_text.endswith((".", "!", "?")),

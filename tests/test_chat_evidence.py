@@ -87,6 +87,12 @@ def test_degenerate_text_is_refused():
     assert not g.grounded and g.degenerate
     assert repetition(["algorithm", "s", "algorithm", "s", "algorithm"])
     assert repetition(["you", "enjoyed", "heat", "and", "casino", "so", "try", "fargo"]) is None
+    assert (
+        repetition(["you", "enjoyed", "<1>", "and", "<2>", "and", "users", "choose", "<6>"]) is None
+    )  # a list of titles
+    assert repetition(["you", "may", "like", "<1>", "1996", "<2>", "1996", "and", "<6>", "1997"]) is None
+    assert m.check("You enjoyed Heat and Casino and Fargo.", {"1", "2", "6"}).grounded
+    assert m.masked_words("You enjoyed Heat and Fargo") == ["you", "enjoyed", "<1>", "and", "<6>"]
     assert m.check("Heat and Heat and Heat and Heat fans rejoice.", {"1"}).grounded is False
     assert "degenerate" in m.check("the genre of the genre of the genre", {"1"}).reason()
 
@@ -158,6 +164,10 @@ def test_references_resolve_to_the_items_shown():
     assert resolve("compare the first and the third", shown) == ["a", "c"]
     assert resolve("something for the first time in years", shown) == []
     assert resolve("why Heat?", shown, titles=[(4, "1")]) == ["1"]
+    # words of a title are not references: "First" in "First Wives Club", "That" in "That Thing You Do!"
+    assert resolve("something like First Wives Club", shown, titles=[(15, "w")], protected=[(15, 31)]) == ["w"]
+    assert resolve("tell me about That Thing You Do!", shown, subject=["b"], titles=[(14, "t")],
+                   protected=[(14, 32)]) == ["t"]  # fmt: skip
     assert intent("why would I like the first one?", ["a"], []) == "about"
     assert intent("something like Alien but funnier", ["3"], ["3"]) == "like"
     assert intent("any 90s comedies?", [], []) == "recommend"

@@ -135,14 +135,21 @@ def resolve(
     subject: Sequence[str] = (),
     mentioned: Sequence[str] = (),
     titles: Sequence[tuple[int, str]] = (),
+    protected: Sequence[tuple[int, int]] = (),
 ) -> list[str]:
     """Item ids the question refers to, in the order it refers to them.
 
     ``shown``: the list shown last (ordinals index it); ``subject``: what the conversation is about
     ("that one", "it"); ``mentioned``: the items the previous answer named, in order ("the last
-    movie you mentioned"); ``titles``: (position, item id) of the catalog titles the question names."""
+    movie you mentioned"); ``titles``: (position, item id) of the catalog titles the question names;
+    ``protected``: the character spans of those titles, whose words ("First Wives Club", "That Thing
+    You Do!") are not references."""
     refs: list[tuple[int, str]] = []
-    for m in _ORDINAL.finditer(question):
+
+    def free(m: re.Match) -> bool:
+        return not any(a <= m.start() < b for a, b in protected)
+
+    for m in filter(free, _ORDINAL.finditer(question)):
         following = [w.lower() for w in m.groups()[1:] if w]
         if following and (following[0] in _NON_ORDINAL_NEXT or following[:2] == ["of", "all"]):  # "last year"
             continue
@@ -151,13 +158,13 @@ def resolve(
             k = _ORDINALS[m.group(1).lower()]
             if k < len(pool):
                 refs.append((m.start(), pool[k]))
-    for m in _NUMBER.finditer(question):
+    for m in filter(free, _NUMBER.finditer(question)):
         k = int(m.group(1)) - 1
         if k < len(shown):
             refs.append((m.start(), shown[k]))
     refs += list(titles)
     if not refs:
-        m = _THAT.search(question)
+        m = next(filter(free, _THAT.finditer(question)), None)
         target = list(subject) or list(shown[:1])
         if m and target:
             refs.append((m.start(), target[0]))
@@ -276,9 +283,10 @@ class ChatSession:
             self.recommendations()  # "the first one" before any answer: the user's recommendations
         previous = self.turns[-1] if self.turns else None
         mentioned = sc.matcher.cited(previous.text) if previous else []  # what the last answer showed
-        titles = [(spans[0][0], i) for i in sc.matcher.cited(q) if i in sc.catalog
-                  for spans in [sc.matcher.title_spans(q, i) or [(len(q), len(q))]]]  # fmt: skip
-        refs = resolve(q, self.shown, subject=self.subject, mentioned=mentioned, titles=titles)
+        spans = {i: sc.matcher.title_spans(q, i) or [(len(q), len(q))] for i in sc.matcher.cited(q) if i in sc.catalog}
+        titles = [(s[0][0], i) for i, s in spans.items()]
+        refs = resolve(q, self.shown, subject=self.subject, mentioned=mentioned, titles=titles,
+                       protected=[span for s in spans.values() for span in s])  # fmt: skip
         anchors = [i for a, i in titles if _anchored(q[:a])]
         m = _LIKE_REF.search(q)
         if not anchors and refs and m and _anchored(q[: m.end(1)] + " "):  # "something like it / the first one"

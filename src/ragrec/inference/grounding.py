@@ -151,12 +151,12 @@ class TitleMatcher:
         return sorted(set(spans))
 
     def masked_words(self, text: str) -> list[str]:
-        """``text``'s normalised words with every catalog title it names replaced by one ``<title>``
-        word (titles are data: they may repeat or appear in the prompt legitimately)."""
+        """``text``'s normalised words with every catalog title it names replaced by one word, its
+        item id in brackets: a list of titles is not a repetition, the same title over and over is."""
         words = _norm(text).split()
         out, last = [], 0
-        for i, n, _ in self._spans(words, self._by_first):
-            out += words[last:i] + ["<title>"]
+        for i, n, item_id in self._spans(words, self._by_first):
+            out += words[last:i] + [f"<{item_id}>"]
             last = i + n
         return out + words[last:]
 
@@ -271,7 +271,7 @@ def sentences(text: str, protected: Sequence[tuple[int, int]] = ()) -> tuple[lis
 
 
 def repetition(words: Sequence[str]) -> str | None:
-    """The degenerate repetition in ``words`` (normalised, titles masked), or ``None``: a unit of
+    """The degenerate repetition in ``words`` (normalised, titles masked: :meth:`TitleMatcher.masked_words`), or ``None``: a unit of
     one to four words repeated back to back to four words or more ("algorithm s algorithm s"),
     a three-word sequence three times, or a four-word one twice."""
     words = list(words)
@@ -281,12 +281,12 @@ def repetition(words: Sequence[str]) -> str | None:
             copies = 1
             while words[i + copies * n : i + (copies + 1) * n] == unit:
                 copies += 1
-            if copies >= 2 and copies * n >= 4 and unit != ["<title>"] * n:
+            if copies >= 2 and copies * n >= 4:
                 return f"'{' '.join(unit)}' {copies} times in a row"
     for n, limit in ((3, 3), (4, 2)):
         grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
         for gram, count in grams.most_common(1):
-            if count >= limit and "<title>" not in gram:
+            if count >= limit:
                 return f"'{' '.join(gram)}' {count} times"
     return None
 
