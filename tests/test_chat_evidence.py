@@ -129,6 +129,10 @@ def test_echo_of_the_prompt_is_refused():
     assert g.echo and not g.grounded
     assert m.check("The user's question is a classic example.", {"6"}).echo
     assert not m.check("Fargo is a dark crime comedy.", {"6"}, about={"6"}, prompt=prompt).echo
+    # the prompt's list layout copied back is not an answer
+    assert m.check("1. Fargo (1996) | Crime, Drama\n2.", {"6"}, about={"6"}).echo
+    assert m.check("- Fargo, 1996.", {"6"}, about={"6"}).echo
+    assert not m.check("Fargo (1996) is dark - and funny.", {"6"}, about={"6"}).echo
 
 
 def test_stream_emits_only_checked_sentences():

@@ -44,6 +44,8 @@ _ABBREV = re.compile(r"(?:\b(?:mr|mrs|ms|dr|st|vs|jr|sr|vol|no|etc|e\.g|i\.e)|\b
 _PAST_CUE = re.compile(
     r"\b(?:watched|seen|saw|enjoyed|liked|loved|rated|played|bought|owned|read|history(?: of| includes| with| like)?"
     r"|past)\s+(?:[\w'-]+\s+){0,2}[\"“]?$", re.I)  # fmt: skip
+# The prompt's own list layout copied back ("1. Heat (1995) | Crime" on its own line) instead of an answer.
+_LIST_LINE = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*\u2022])\s|\s\|\s")
 _META = re.compile(r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b", re.I)
 
 
@@ -226,7 +228,8 @@ class TitleMatcher:
         user's ``history`` (see :meth:`unsupported`); without ``about``, to any allowed item.
         With ``history``, an item outside it that the text presents as seen ("you watched X") is
         refused; with ``prompt`` (the instructions and the user's message, not the data), text that
-        mostly repeats it is. Degenerate repetition is always refused."""
+        mostly repeats it is, and so is text that copies the prompt's list layout (numbered or bulleted
+        lines, "Title | categories"). Degenerate repetition is always refused."""
         cited = self.cited(text)
         unknown = []
         for span in _QUOTED.findall(text):
@@ -245,7 +248,7 @@ class TitleMatcher:
         words = self.masked_words(text)
         return Grounding(tuple(cited), tuple(i for i in cited if i not in allowed), tuple(unknown),
                          tuple(self.unsupported(text, support, history)), tuple(misattributed), repetition(words),
-                         echoes(words, self.masked_words(prompt)) or bool(_META.search(text)))  # fmt: skip
+                         echoes(words, self.masked_words(prompt)) or bool(_META.search(text) or _LIST_LINE.search(text)))  # fmt: skip
 
     def sentences(self, text: str) -> tuple[list[str], str]:
         """:func:`sentences` with this catalog's titles protected."""
