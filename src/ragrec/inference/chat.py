@@ -39,7 +39,7 @@ import numpy as np
 
 from ragrec.data.text import clean_text
 from ragrec.errors import RagrecError
-from ragrec.inference.evidence import evidence_for
+from ragrec.inference.evidence import display_name, evidence_for
 from ragrec.inference.explain import accept_sentences, generate_text, prompt_text
 from ragrec.inference.grounding import Grounding, attribute_explanation
 from ragrec.prompts import count_tokens, fit_history, history_block, sanitize
@@ -419,8 +419,7 @@ class ChatSession:
 
 
 def _name(item: Item) -> str:
-    title = clean_text(item.title) or item.item_id
-    return f"{title} ({item.year})" if item.year and f"({item.year})" not in title else title
+    return display_name(item.title, item.year, item.item_id)
 
 
 def _cats(item: Item) -> str:

@@ -26,7 +26,7 @@ from ragrec.prompts import sanitize
 from ragrec.retrieval import Encoder
 from ragrec.types import Evidence, Item
 
-__all__ = ["evidence_for", "evidence_block"]
+__all__ = ["evidence_for", "evidence_block", "display_name"]
 
 
 def evidence_for(
@@ -44,7 +44,7 @@ def evidence_for(
     hist_ids, contrib = encoder.contributions(history, item_ids)  # (H, C)
     out = []
     for c, item_id in enumerate(item_ids):
-        col = contrib[:, c] if len(hist_ids) else np.zeros(0)
+        col = contrib[:, c]  # (H,): every history item's contribution to this item (H may be 0)
         positive = float(col[col > 0].sum())
         order = np.argsort(-col, kind="stable")[:top]
         cats = set(catalog[item_id].categories) if item_id in catalog else set()
@@ -53,19 +53,24 @@ def evidence_for(
             if col[j] <= 0:
                 break
             h = catalog.get(hist_ids[j])
-            shared = tuple(c for c in h.categories if c in cats) if h else ()
+            shared = tuple(cat for cat in h.categories if cat in cats) if h else ()
             picked.append(Evidence(hist_ids[j], float(col[j]), float(col[j]) / positive, encoder.attribution,
                                    h.title if h else None, h.year if h else None, shared))  # fmt: skip
         out.append(tuple(picked))
     return out
 
 
+def display_name(title: str | None, year: int | None, item_id: str) -> str:
+    """``Title (year)`` for people to read (the year once, when the title does not carry it), or the
+    id of an item without a title."""
+    name = clean_text(title) or item_id
+    return f"{name} ({year})" if year and f"({year})" not in name else name
+
+
 def evidence_block(evidence: Sequence[Evidence], max_chars: int = 90) -> str:
     """Prompt lines for the evidence of one item: ``- Title (year): shares Drama, Crime``."""
     lines = []
     for ev in evidence:
-        name = clean_text(ev.title) or ev.item_id
-        year = f" ({ev.year})" if ev.year and f"({ev.year})" not in name else ""
         shared = f": also {', '.join(ev.shared[:3])}" if ev.shared else ""
-        lines.append(f"- {sanitize(name + year + shared, max_chars)}")
+        lines.append(f"- {sanitize(display_name(ev.title, ev.year, ev.item_id) + shared, max_chars)}")
     return "\n".join(lines) if lines else "(none)"

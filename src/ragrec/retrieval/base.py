@@ -91,12 +91,17 @@ class Encoder(ABC):
         distinct = list(dict.fromkeys(reversed(known)))[:window][::-1]  # newest occurrence decides the order
         if not distinct:
             return [], np.zeros((0, len(item_ids)), dtype=np.float32)
-        cols = self.indices(item_ids)
-        if len(cols) != len(item_ids):
-            raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
+        cols = self._columns(item_ids)
         ablated = [[i for i in known if i != h] for h in distinct]
         scores = self.scores([known, *ablated])[:, cols]  # (H + 1, C)
         return distinct, (scores[0][None, :] - scores[1:]).astype(np.float32)
+
+    def _columns(self, item_ids: Sequence[str]) -> list[int]:
+        """Catalog rows of ``item_ids``, all of which must be in the catalog (else ``KeyError``)."""
+        cols = self.indices(item_ids)
+        if len(cols) != len(item_ids):
+            raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
+        return cols
 
     def indices(self, items: Sequence[str]) -> list[int]:
         """Catalog rows of ``items``; ids not in the catalog are skipped."""

@@ -83,22 +83,26 @@ class EASEEncoder(Encoder):
     def item_embeddings(self) -> np.ndarray:
         return np.ascontiguousarray(self.weights.T)
 
+    def _query_weights(self, history: Sequence[str]) -> dict[int, float]:
+        """Catalog row -> query weight ``decay ** age`` of each distinct history item, newest first
+        (the newest occurrence of a repeated item counts)."""
+        weights: dict[int, float] = {}
+        for age, col in enumerate(reversed(self.indices(history))):
+            weights.setdefault(col, self.config.decay**age)
+        return weights
+
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         out = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
         for row, history in enumerate(histories):
-            rows = self.indices(history)
-            for age, col in enumerate(reversed(rows)):
-                if out[row, col] == 0:  # newest occurrence counts
-                    out[row, col] = self.config.decay**age
+            for col, weight in self._query_weights(history).items():
+                out[row, col] = weight
         return out
 
     def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """(B, N) exact scores from the history's rows of B (sparse: O(history x N) per user)."""
         out = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
         for row, history in enumerate(histories):
-            weights: dict[int, float] = {}
-            for age, col in enumerate(reversed(self.indices(history))):
-                weights.setdefault(col, self.config.decay**age)  # newest occurrence counts
+            weights = self._query_weights(history)
             if weights:
                 cols = list(weights)
                 out[row] = np.asarray(list(weights.values()), dtype=np.float32) @ self.weights[cols]
@@ -112,12 +116,8 @@ class EASEEncoder(Encoder):
         """Exact: an item's score is ``sum_h decay**age(h) * B[h, item]`` (see :meth:`scores`), so
         each history item's term is its contribution and the rows add up to the score. Every
         distinct history item is returned (``window`` is not needed: nothing is ablated)."""
-        weights: dict[int, float] = {}
-        for age, col in enumerate(reversed(self.indices(history))):
-            weights.setdefault(col, self.config.decay**age)  # newest occurrence counts
-        cols = self.indices(item_ids)
-        if len(cols) != len(item_ids):
-            raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
+        weights = self._query_weights(history)
+        cols = self._columns(item_ids)
         rows = list(weights)[::-1]  # oldest first
         w = np.asarray([weights[r] for r in rows], dtype=np.float32)[:, None]
         return [self.item_ids[r] for r in rows], (w * self.weights[np.ix_(rows, cols)]).astype(np.float32)
