@@ -40,7 +40,7 @@ import numpy as np
 from ragrec.data.text import clean_text
 from ragrec.errors import RagrecError
 from ragrec.inference.evidence import display_name, evidence_for
-from ragrec.inference.explain import accept_sentences, generate_text, prompt_text
+from ragrec.inference.explain import check_sentences, generate_text, prompt_text
 from ragrec.inference.grounding import Grounding, attribute_explanation
 from ragrec.prompts import count_tokens, fit_history, history_block, sanitize
 from ragrec.types import Evidence, Item, RankedItem, UserHistory
@@ -375,27 +375,21 @@ class ChatSession:
         def check(t: str) -> Grounding:
             return sc.matcher.check(t, allowed, about={i.item_id for i in items}, history=history, prompt=prompt)
 
-        parts, rest = sc.matcher.sentences(text)
-        n = template.output.max_sentences
-        parts = parts[:n] if n else parts
-        kept, good, bad = accept_sentences(parts, check)
-        notes: list[str] = []
-        if kept and any(i.item_id in good.cited for i in items):  # an answer names what it is about or offers
-            if bad is not None:
-                notes.append(f"kept {kept} of {len(parts)} sentences: the next one failed the check ({bad.reason()})")
-            if rest:
-                notes.append("dropped an unfinished last sentence")
-            return text, good, " ".join(parts[:kept]), None, notes
+        offered = {i.item_id for i in items}
+        res = check_sentences(text, sc.matcher.sentences, template.output.max_sentences, check,
+                              lambda t: bool(offered & set(sc.matcher.cited(t))))  # an answer names its items  # fmt: skip
+        if res.text:
+            return text, res.passed, res.text, None, list(res.notes)
         if not text:
             why = "the model wrote nothing"
-        elif bad is not None:
-            why = bad.reason("the history and the items offered")
-        elif kept:
+        elif res.failed is not None:
+            why = res.failed.reason("the history and the items offered")
+        elif res.unsupported:
             why = "the model's answer named none of the items it is about or offers"
         else:
             why = "the model's text ended mid-sentence"
-        grounding = bad or check(text)
-        return text, grounding, self._data_answer(kind, items), f"{why}; answered from the data", notes
+        grounding = res.failed or check(text)
+        return text, grounding, self._data_answer(kind, items), f"{why}; answered from the data", []
 
     def _data_answer(self, kind: str, items: Sequence[RankedItem]) -> str:
         """An answer built from the items and their evidence alone."""

@@ -36,7 +36,15 @@ from ragrec.prompts import (
 )
 from ragrec.types import Evidence, Item
 
-__all__ = ["Explanation", "Explainer", "ExplanationStream", "generate_text", "accept_sentences", "prompt_text"]
+__all__ = [
+    "Explanation",
+    "Explainer",
+    "ExplanationStream",
+    "generate_text",
+    "check_sentences",
+    "SentenceCheck",
+    "prompt_text",
+]
 
 
 @dataclass(frozen=True)
@@ -133,18 +141,51 @@ def prompt_text(template: PromptTemplate, *extra: str) -> str:
     return " ".join([*fixed, *extra])
 
 
-def accept_sentences(
-    parts: Sequence[str], check: Callable[[str], Grounding]
-) -> tuple[int, Grounding | None, Grounding | None]:
-    """How many leading sentences of ``parts`` pass ``check`` together, the check of that text
-    (``None`` when none passes) and the first failing check (``None`` when all pass)."""
-    kept, good = 0, None
+@dataclass(frozen=True)
+class SentenceCheck:
+    """What :func:`check_sentences` kept of a model's text: ``text`` (the leading sentences that pass
+    and name their support; '' when none do), ``passed`` (the check of the passing sentences, also
+    when they lack support; ``None`` when none pass), ``failed`` (the first failing check),
+    ``unsupported`` (sentences passed but named no support), ``extra`` (complete sentences beyond
+    the limit) and ``notes`` (what was dropped from a kept text)."""
+
+    text: str
+    passed: Grounding | None
+    failed: Grounding | None
+    unsupported: bool
+    extra: int
+    notes: tuple[str, ...]
+
+
+def check_sentences(
+    text: str,
+    split: Callable[[str], tuple[list[str], str]],
+    max_sentences: int,
+    check: Callable[[str], Grounding],
+    supported: Callable[[str], bool],
+) -> SentenceCheck:
+    """The leading complete sentences of ``text`` (at most ``max_sentences``; 0: any number) that
+    pass ``check`` together, kept when ``supported`` accepts them: what explanations and chat
+    answers show of a model's text."""
+    parts, rest = split(text)
+    extra = len(parts) - max_sentences if max_sentences and len(parts) > max_sentences else 0
+    parts = parts[:max_sentences] if max_sentences else parts
+    kept, passed, failed = 0, None, None
     for k in range(1, len(parts) + 1):
         g = check(" ".join(parts[:k]))
         if not g.grounded:
-            return kept, good, g
-        kept, good = k, g
-    return kept, good, None
+            failed = g
+            break
+        kept, passed = k, g
+    unsupported = bool(kept) and not supported(" ".join(parts[:kept]))
+    if not kept or unsupported:
+        return SentenceCheck("", passed, failed, unsupported, extra, ())
+    notes = []
+    if failed is not None:
+        notes.append(f"kept {kept} of {len(parts)} sentences: the next one failed the check ({failed.reason()})")
+    if rest:
+        notes.append("dropped an unfinished last sentence")
+    return SentenceCheck(" ".join(parts[:kept]), passed, failed, False, extra, tuple(notes))
 
 
 class ExplanationStream:
@@ -251,33 +292,22 @@ class Explainer:
     def _finish(self, text: str, ctx: dict) -> Explanation:
         """The checked explanation of the model's ``text`` (see the module docstring)."""
         item, evidence = ctx["item"], ctx["evidence"]
-        parts, rest = self.matcher.sentences(text)
         n = self.template.output.max_sentences
-        extra = len(parts) - n if n and len(parts) > n else 0
-        parts = parts[:n] if n else parts
-        kept, good, bad = accept_sentences(parts, lambda t: self._grounding(t, ctx))
-        if kept and not self._supported(" ".join(parts[:kept]), ctx):
-            kept, unsupported = 0, True
-        else:
-            unsupported = False
-        if kept:
-            notes = []
-            if bad is not None:
-                notes.append(f"kept {kept} of {len(parts)} sentences: the next one failed the check ({bad.reason()})")
-            if rest:
-                notes.append("dropped an unfinished last sentence")
-            if extra:
-                notes.append(f"dropped {extra} sentences beyond the template's max_sentences={n}")
-            assert good is not None
-            return Explanation(item.item_id, " ".join(parts[:kept]), text, good, None, evidence, tuple(notes))
+        res = check_sentences(text, self.matcher.sentences, n, lambda t: self._grounding(t, ctx),
+                              lambda t: self._supported(t, ctx))  # fmt: skip
+        if res.text:
+            notes = res.notes + ((f"dropped {res.extra} sentences beyond the template's max_sentences={n}",)
+                                 if res.extra else ())  # fmt: skip
+            assert res.passed is not None
+            return Explanation(item.item_id, res.text, text, res.passed, None, evidence, notes)
         if not text:
             why, grounding = "the model wrote nothing", self._grounding("", ctx)
-        elif unsupported:
-            why, grounding = "the model named none of the history items behind the recommendation", good
-        elif bad is None:  # no complete sentence at all
+        elif res.unsupported:
+            why, grounding = "the model named none of the history items behind the recommendation", res.passed
+        elif res.failed is None:  # no complete sentence at all
             why, grounding = "the model's text ended mid-sentence", self._grounding(text, ctx)
         else:
-            why, grounding = bad.reason(), bad
+            why, grounding = res.failed.reason(), res.failed
         by_id = {h.item_id: h for h in ctx["history"]}
         support = [by_id[e.item_id] for e in evidence if e.item_id in by_id]
         fallback = attribute_explanation(item, ctx["history"], ctx["item_noun"], support)
