@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import runlog
-from runlog import log_test_run, provenance
+from runlog import log_test_run, print_summary, provenance
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -174,10 +174,7 @@ def run(args) -> None:
     write_report(where / args.name, rows, title=f"Residual LLM stage, ML-100K ({split})", results=results,
                  comparisons=comparisons, notes=notes, extra=extra,
                  targets=[sc.data.targets(split)[u] for u in a.users])  # fmt: skip
-    for r in rows:
-        print(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}")
-    for name, cmp in comparisons:
-        print(f"{name}: {cmp.difference:+.4f} [{cmp.low:+.4f}, {cmp.high:+.4f}]")
+    print_summary(rows, comparisons)
 
 
 def _before_seconds() -> float | None:

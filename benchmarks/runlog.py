@@ -81,3 +81,11 @@ def test_runs(recipe: str) -> int:
         for line in RUN_LOG.read_text("utf-8").splitlines()
         if line.strip() and json.loads(line).get("recipe") == recipe
     )
+
+
+def print_summary(rows, comparisons) -> None:
+    """Each row's NDCG@10 and Recall@10, then each comparison's difference and CI, on stdout."""
+    for r in rows:
+        print(f"{r['system']}: N@10 {r['ndcg@10']:.4f} R@10 {r['recall@10']:.4f}")
+    for name, cmp in comparisons:
+        print(f"{name}: {cmp.difference:+.4f} [{cmp.low:+.4f}, {cmp.high:+.4f}]")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["FinetuneConfig", "ResidualConfig", "TASKS"]
+__all__ = ["FinetuneConfig", "ResidualConfig", "RerankerConfig", "TASKS"]
 
 TASKS = ("rank", "rate", "explain")
 
@@ -46,16 +46,41 @@ class ResidualConfig(BaseModel):
     seed: int = Field(0, description="Folds, sampling, shuffles, LoRA init.")
 
 
+class RerankerConfig(BaseModel):
+    """Settings of the learning-to-rank stage (:mod:`ragrec.finetune.ltr`). Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folds: int = Field(5, ge=2, description="Out-of-fold retrievers for the training lists (users split in folds).")
+    candidates: int = Field(20, ge=2, le=100, description="Candidates per list (one is the target).")
+    llm_features: bool = Field(
+        True, description="Also fit the reranker with the LLM's features (title similarity in its hidden states); "
+        "the one without them is always fitted, and validation chooses.",
+    )  # fmt: skip
+    vector_layer: int | None = Field(None, ge=1, description="Hidden layer of the LLM item vectors (None: the middle).")
+    max_history: int = Field(10, ge=1, description="Recent history items the LLM similarity features read.")
+    learning_rate: float = Field(0.03, gt=0, description="LightGBM shrinkage.")
+    num_leaves: int = Field(63, ge=2, description="LightGBM leaves per tree.")
+    min_data_in_leaf: int = Field(50, ge=1, description="LightGBM: fewest candidates in a leaf.")
+    max_rounds: int = Field(2000, ge=1, description="Boosting rounds at most.")
+    early_stopping: int = Field(100, ge=1, description="Rounds without a validation NDCG@10 gain before stopping.")
+    threads: int = Field(0, ge=0, description="LightGBM threads (0: its default, all cores).")
+    seed: int = Field(0, description="Folds, bagging.")
+
+
 class FinetuneConfig(BaseModel):
     """How a scenario's adapter is trained. Unknown keys are rejected (the error names them)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    recipe: Literal["auto", "residual", "classic"] = Field(
-        "auto", description="residual: the retriever-anchored ranker (ragrec.finetune.residual; rank only, EASE first "
-        "stage; settings in `residual`); classic: instruction tuning on the mixture below; auto: residual where it "
-        "applies (a rank-only mixture over an EASE retriever), else classic, and says which.",
+    recipe: Literal["auto", "reranker", "residual", "classic"] = Field(
+        "auto", description="reranker: the learning-to-rank stage over the first stage, item priors, transitions and "
+        "the LLM's item vectors (ragrec.finetune.ltr; rank only, EASE first stage; settings in `reranker`; no LoRA "
+        "training); residual: the retriever-anchored LoRA ranker (ragrec.finetune.residual; settings in `residual`); "
+        "classic: instruction tuning on the mixture below; auto: reranker where it applies (a rank-only mixture over "
+        "an EASE retriever), else classic, and says which.",
     )  # fmt: skip
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Settings of the reranker recipe.")
     residual: ResidualConfig = Field(default_factory=ResidualConfig, description="Settings of the residual recipe.")
 
     # ---- examples (all from training-split interactions only)

@@ -58,6 +58,7 @@ __all__ = [
     "ResidualExample",
     "ResidualResult",
     "out_of_fold_lists",
+    "fold_histories",
     "serving_lists",
     "residual_examples",
     "SplitModel",
@@ -89,6 +90,21 @@ def _top(scores: np.ndarray, banned: Sequence[int], k: int) -> tuple[np.ndarray,
     return idx, s[idx]
 
 
+def _folds(sc: Scenario, config) -> tuple[dict, dict[str, int]]:
+    """The training sequences of ``sc`` and each user's fold (``config.folds``, ``config.seed``)."""
+    sequences = sc.data.histories(splits=(S.TRAIN,))
+    users = sorted(sequences)
+    rng = np.random.default_rng(config.seed)
+    return sequences, dict(zip(users, rng.permutation(len(users)) % config.folds))
+
+
+def fold_histories(sc: Scenario, config) -> dict[str, list[tuple[str, ...]]]:
+    """Per fold (keyed ``str(fold)``), the training sequences its out-of-fold retriever was fitted
+    on (every other fold's), as :func:`out_of_fold_lists` splits them."""
+    sequences, fold_of = _folds(sc, config)
+    return {str(f): [sequences[u].item_ids for u in sorted(sequences) if fold_of[u] != f] for f in range(config.folds)}
+
+
 def out_of_fold_lists(
     sc: Scenario, config: ResidualConfig, *, progress: bool = True
 ) -> tuple[list[CandidateList], dict[str, ItemPriors], dict[str, Any]]:
@@ -103,10 +119,8 @@ def out_of_fold_lists(
         raise RagrecError(
             f"out-of-fold lists need the scenario's first stage to be EASE (closed form), not {enc.kind!r}"
         )
-    sequences = sc.data.histories(splits=(S.TRAIN,))
+    sequences, fold_of = _folds(sc, config)
     users = sorted(sequences)
-    rng = np.random.default_rng(config.seed)
-    fold_of = dict(zip(users, rng.permutation(len(users)) % config.folds))
     item_ids = list(enc.item_ids)
     index = {i: j for j, i in enumerate(item_ids)}
     lists: list[CandidateList] = []

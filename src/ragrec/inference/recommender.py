@@ -15,6 +15,7 @@ Saved layout (``save_pretrained``; the base model is referenced by name, not cop
     scenarios/<name>/text/              text encoder (optional)
     scenarios/<name>/templates/*.yaml   the scenario's own templates (optional)
     scenarios/<name>/adapter/           peft LoRA adapter, safetensors (optional)
+    scenarios/<name>/reranker/          learning-to-rank stage, LightGBM text + LLM item vectors (optional)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ragrec.inference.grounding import TitleMatcher
 from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPrediction, RatingPredictor
+from ragrec.inference.rerank import Reranker, RerankFeatures
 from ragrec.io import atomic_directory, atomic_write_text, read_json_meta
 from ragrec.prompts import PromptBudget, PromptTemplate, TemplateRegistry, builtin_registry
 from ragrec.retrieval import Retriever, TextEncoder, load_encoder
@@ -132,10 +134,18 @@ class Scenario:
     text: TextEncoder | None = None
     templates: TemplateRegistry = field(default_factory=TemplateRegistry)
     adapter: Path | None = None
+    reranker: Reranker | None = None  # the learning-to-rank stage (ragrec.finetune.ltr); replaces the fusion
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @cached_property
+    def rerank_features(self) -> RerankFeatures:
+        """The reranker's feature rows over the known histories."""
+        if self.reranker is None:
+            raise RagrecError(f"scenario {self.name!r} has no reranker")
+        return self.reranker.feature_builder(self.catalog, [h.item_ids for h in self.histories.values()])
 
     @cached_property
     def histories(self) -> dict[str, UserHistory]:
@@ -366,7 +376,7 @@ class Recommender:
         if task == "generate":
             return [self._generate_one(sc, r, c, k) for r, c in zip(requests, cands)]
         live = [j for j, cs in enumerate(cands) if cs]  # a user who has seen everything gets nothing to rank
-        if sc.config.fusion is not None and not sc.config.fusion.uses_llm:  # retriever + priors: no LLM pass
+        if sc.reranker is not None or (sc.config.fusion is not None and not sc.config.fusion.uses_llm):  # no LLM pass
             llm = {j: None for j in live}
         else:
             llm = dict(zip(live, self.score_candidates(sc, [list(requests[j].history.item_ids) for j in live],
@@ -378,7 +388,12 @@ class Recommender:
                 continue
             s = llm[j]
             retr = np.array([c.score for c in cs])
-            if sc.config.fusion is not None:
+            if sc.reranker is not None:
+                rows = sc.rerank_features.rows(
+                    req.history.item_ids, [c.item_id for c in cs], retr, sc.reranker.features
+                )
+                fused = sc.reranker.score(rows)
+            elif sc.config.fusion is not None:
                 ids, fusion = [c.item_id for c in cs], sc.config.fusion
                 rows = sc.priors.features(req.history.item_ids, ids, retr, s, fusion.names, fusion.max_history)
                 fused = fusion.score(rows)
@@ -586,12 +601,15 @@ def _save_scenario(sc: Scenario, folder: Path) -> None:
     if sc.adapter is not None:
         check_adapter(sc.adapter)  # never copy a damaged adapter into a new folder
         shutil.copytree(sc.adapter, folder / "adapter")
+    if sc.reranker is not None:
+        sc.reranker.save(folder / "reranker")
     # What the folder must hold when it is loaded again: a part that goes missing later is refused
     # instead of silently replaced (the base model for an adapter, a built-in template).
     parts = {
         "templates": sorted(t.task for t in sc.templates),
         "adapter": None if sc.adapter is None else {"ragrec_meta": (folder / "adapter" / ADAPTER_META).is_file()},
         "text": sc.text is not None,
+        "reranker": sc.reranker is not None,
     }
     atomic_write_text(folder / PARTS, json.dumps(parts, indent=2) + "\n")
 
@@ -607,6 +625,8 @@ def _check_parts(folder: Path) -> None:
     ]
     if parts.get("text") and not (folder / "text").is_dir():
         missing.append("text/")
+    if parts.get("reranker") and not (folder / "reranker").is_dir():
+        missing.append("reranker/")
     adapter = parts.get("adapter")
     if adapter is not None and not (folder / "adapter").is_dir():
         missing.append("adapter/")
@@ -632,5 +652,6 @@ def _load_scenario(folder: Path, embedder=None) -> Scenario:
     if (folder / "templates").is_dir():
         templates.load_dir(folder / "templates")
     adapter = folder / "adapter" if (folder / "adapter").is_dir() else None
+    reranker = Reranker.load(folder / "reranker") if (folder / "reranker").is_dir() else None
     return Scenario(config, InteractionData.load(folder / "data"), Retriever.load(folder / "retriever"), text,
-                    templates, adapter)  # fmt: skip
+                    templates, adapter, reranker)  # fmt: skip
