@@ -329,18 +329,44 @@ def test_scenario_new_and_finetune_from_two_csvs(tiny_lm_dir, tmp_path):
     assert code == 2 and "user_id" in err and "who, what" in err
 
 
-def test_finetune_picks_the_residual_recipe_by_default(tiny_lm_dir, tmp_path):
+def test_finetune_picks_the_reranker_recipe_by_default(tiny_lm_dir, tmp_path):
+    from conftest import run_cli, walking_data
+
+    inter, items = _csvs(tmp_path, walking_data(), "w")
+    code, _, err = run_cli("scenario", "new", "walks", "--interactions", str(inter), "--items", str(items),
+                           "--item-noun", "movie", "--root", str(tmp_path / "sc"))  # fmt: skip
+    assert code == 0, err
+    args = ["--set", "reranker.folds=2", "--set", "reranker.min_data_in_leaf=5", "--set", "reranker.max_rounds=40"]
+    code, out, err = run_cli("finetune", "--scenario", "walks", "--root", str(tmp_path / "sc"), "--model",
+                             str(tiny_lm_dir), *args)  # fmt: skip
+    assert code == 0, err
+    assert "recipe: reranker (auto: a rank-only mixture over an EASE first stage)" in out
+    assert "out-of-fold lists:" in out and "validation NDCG@10: retriever" in out
+    served = out.split("; serving ")[1].split()[0]
+    folder = tmp_path / "sc" / "walks" / "recommender" / "scenarios" / "walks"
+    assert not (folder / "adapter").exists()  # no LoRA trained
+    rec = Recommender.from_pretrained(tmp_path / "sc" / "walks" / "recommender")
+    sc = rec.scenario("walks")
+    if served == "fusion":
+        assert sc.reranker is None and sc.config.fusion is not None
+    else:
+        assert sc.reranker is not None and sc.reranker.info.uses_llm == (served == "reranker")
+    user = next(iter(sc.histories))
+    assert len(rec.recommend(user, k=3).items) == 3
+
+
+def test_finetune_residual_recipe_when_asked(tiny_lm_dir, tmp_path):
     from conftest import run_cli
 
     inter, items = _csvs(tmp_path, movie_data(), "m")
     code, _, err = run_cli("scenario", "new", "films", "--interactions", str(inter), "--items", str(items),
                            "--item-noun", "movie", "--root", str(tmp_path / "sc"))  # fmt: skip
     assert code == 0, err
-    args = [a for s in TINY_RESIDUAL for a in ("--set", s)]
+    args = [a for s in ["recipe=residual", *TINY_RESIDUAL] for a in ("--set", s)]
     code, out, err = run_cli("finetune", "--scenario", "films", "--root", str(tmp_path / "sc"), "--model",
                              str(tiny_lm_dir), *args)  # fmt: skip
     assert code == 0, err
-    assert "recipe: residual (auto: a rank-only mixture over an EASE first stage)" in out
+    assert "recipe: residual (asked for)" in out
     assert "out-of-fold lists:" in out and "validation NDCG@10: step 0:" in out
     rec = Recommender.from_pretrained(tmp_path / "sc" / "films" / "recommender")
     sc = rec.scenario("films")

@@ -7,10 +7,9 @@ import dataclasses
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from conftest import MOVIES
+from conftest import walking_data
 from ragrec import schema as S
 from ragrec.errors import CacheError, RagrecError
 from ragrec.finetune.config import RerankerConfig
@@ -23,29 +22,6 @@ from ragrec.retrieval import EASEConfig, EASEEncoder, Retriever
 REC = RecommenderConfig(candidates=6, max_history=4)
 CONFIG = RerankerConfig(folds=2, candidates=6, min_data_in_leaf=5, num_leaves=7, max_rounds=60, early_stopping=20,
                         threads=1)  # fmt: skip
-
-
-def walking_data(users: int = 80):
-    """Users walk the 12-movie catalog forward one step at a time (sometimes two): the next item
-    follows the last one, which a symmetric co-occurrence retriever cannot tell from the previous."""
-    from ragrec.data import InteractionData
-    from ragrec.data.split import leave_one_out
-
-    rng = np.random.default_rng(3)
-    rows = []
-    for u in range(users):
-        pos = int(rng.integers(0, len(MOVIES)))
-        seen = set()
-        for t in range(4 + u % 5):
-            while f"m{pos}" in seen:
-                pos = (pos + 1) % len(MOVIES)
-            seen.add(f"m{pos}")
-            rows.append((f"u{u}", f"m{pos}", t))
-            pos = (pos + (1 if rng.random() < 0.8 else 2)) % len(MOVIES)
-    inter = pd.DataFrame(rows, columns=[S.USER_ID, S.ITEM_ID, S.TIMESTAMP])
-    items = pd.DataFrame({S.ITEM_ID: [f"m{i}" for i in range(len(MOVIES))], S.TITLE: [m[0] for m in MOVIES],
-                          S.YEAR: [m[1] for m in MOVIES], S.CATEGORIES: [[m[2]] for m in MOVIES]})  # fmt: skip
-    return leave_one_out(InteractionData.from_frames("walks", inter, items))
 
 
 def _scenario() -> Scenario:

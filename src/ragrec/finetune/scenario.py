@@ -304,7 +304,9 @@ def run_scenario(
     elif config.quantization == "4bit" and not cuda:
         echo("quantization 4bit (QLoRA) needs CUDA; training a plain LoRA on the CPU instead")
     loaded = loaded or load_model(rec_config.model, quantization=quant, device=rec_config.device)
-    if recipe == "residual":
+    if recipe == "reranker":
+        result = _run_reranker(loaded, sc, config, rec_config, echo, progress)
+    elif recipe == "residual":
         result = _run_residual(loaded, sc, config, rec_config, folder / "adapter", echo, progress)
     else:
         echo(f"fine-tuning on {loaded.device} ({loaded.quantization}): {config.examples} examples, "
@@ -316,14 +318,14 @@ def run_scenario(
              f"validation NDCG@10: {curve}")  # fmt: skip
         for note in result.notes:
             echo(f"note: {note}")
-    sc.adapter = folder / "adapter"
+    sc.adapter = folder / "adapter" if recipe != "reranker" else None  # the reranker trains no LoRA
     scenarios = [sc]
     if add_to is not None:
         rec_config, existing = load_parts(add_to)
         scenarios = [s for s in existing if s.name != spec.name] + scenarios
     target = Path(out) if out is not None else (Path(add_to) if add_to is not None else folder / "recommender")
     save_recommender(target, scenarios, rec_config)
-    echo(f"registered scenario {spec.name!r} with its adapter in {target} "
+    echo(f"registered scenario {spec.name!r} with its {'reranker' if recipe == 'reranker' else 'adapter'} in {target} "
          f"(scenarios: {', '.join(s.name for s in scenarios)})")  # fmt: skip
     fusion = None
     if recipe == "classic" and config.fusion_users and "rank" in config.mixture:
@@ -332,22 +334,41 @@ def run_scenario(
 
 
 def choose_recipe(config: FinetuneConfig, sc) -> tuple[str, str]:
-    """Which recipe ``config`` asks for on scenario ``sc``, and why (``auto``: residual where it applies)."""
+    """Which recipe ``config`` asks for on scenario ``sc``, and why (``auto``: the reranker where it applies)."""
     from ragrec.retrieval import EASEEncoder
 
     rank_only = set(config.mixture) == {"rank"}
     ease = isinstance(sc.retriever.encoder, EASEEncoder)
-    if config.recipe == "residual" and not (rank_only and ease):
-        raise RagrecError("recipe 'residual' trains the rank task over an EASE first stage: "
+    if config.recipe in ("residual", "reranker") and not (rank_only and ease):
+        raise RagrecError(f"recipe {config.recipe!r} trains the rank task over an EASE first stage: "
                           + ("set mixture to rank only" if not rank_only else "the scenario's retriever is not EASE"))  # fmt: skip
-    if config.recipe == "classic":
-        return "classic", "asked for"
-    if config.recipe == "residual":
-        return "residual", "asked for"
+    if config.recipe != "auto":
+        return config.recipe, "asked for"
     if rank_only and ease:
-        return "residual", "auto: a rank-only mixture over an EASE first stage"
+        return "reranker", "auto: a rank-only mixture over an EASE first stage"
     return "classic", "auto: " + ("the mixture has other tasks than rank" if not rank_only
                                   else f"out-of-fold lists need an EASE first stage, not {sc.retriever.encoder.kind}")  # fmt: skip
+
+
+def _run_reranker(loaded, sc, config: FinetuneConfig, rec_config, echo, progress: bool):
+    """The learning-to-rank recipe (ragrec.finetune.ltr); the scenario then serves what validation chose."""
+    from ragrec.finetune.ltr import fit_reranker
+
+    rconfig = config.reranker.model_copy(update={"candidates": rec_config.candidates})
+    echo(f"reranker: LightGBM over out-of-fold lists, with and without the LLM's item vectors ({loaded.source})")
+    run = fit_reranker(sc, loaded, rconfig, progress=progress)
+    oof = run.out_of_fold
+    echo(f"out-of-fold lists: {oof['lists_with_target']} of {oof['positions']} training positions hold their target "
+         f"(recall@{rconfig.candidates} {oof[f'oof_recall@{rconfig.candidates}']}; in-sample "
+         f"{oof[f'in_sample_recall@{rconfig.candidates}']})")  # fmt: skip
+    echo("validation NDCG@10: " + ", ".join(f"{k} {v:.4f}" for k, v in run.valid.items()) + f"; serving {run.served}")
+    if run.served == "fusion":
+        echo("no reranker beat the first stage + item priors fusion on validation: the scenario serves that fusion")
+        sc.config.fusion = run.fusion
+    elif run.served == "reranker_no_llm":
+        echo("the reranker without the LLM's features won on validation: the LLM is kept for explain and chat")
+    sc.reranker = run.reranker
+    return run
 
 
 def _run_residual(loaded, sc, config: FinetuneConfig, rec_config, out: Path, echo, progress: bool):
