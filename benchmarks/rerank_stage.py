@@ -60,6 +60,26 @@ def games_scenario(users: int, seed: int = 0):
     return build_scenario(leave_one_out(sub), "games", item_noun="game", text=False)
 
 
+COLD = 5  # a target with fewer interactions than this in the known histories is a cold-start target
+
+
+def _slice(results, mask: np.ndarray) -> dict:
+    """Users, NDCG@10 and candidate recall of each system on the users in ``mask``, and the paired
+    bootstrap CI of (l) - (l-) and (l) - (a) there."""
+    from ragrec.eval.metrics import paired_bootstrap, per_user
+
+    out = {"users": int(mask.sum()), "ndcg@10": {}, "candidate_recall@20": {}}
+    for r in results:
+        out["ndcg@10"][r.name] = round(float(per_user(r.ranks[mask], "ndcg@10").mean()), 6) if mask.any() else None
+        out["candidate_recall@20"][r.name] = round(float(np.isfinite(r.ranks[mask]).mean()), 6) if mask.any() else None
+    a, _, lm, ll, _ = results
+    for name, x, y in (("(l) - (l-)", ll, lm), ("(l) - (a)", ll, a)):
+        if mask.sum() > 1:
+            b = paired_bootstrap(per_user(x.ranks[mask], "ndcg@10"), per_user(y.ranks[mask], "ndcg@10"))
+            out[name] = f"{b.difference:+.4f} [{b.low:+.4f}, {b.high:+.4f}]"
+    return out
+
+
 def run(args) -> None:
     from ragrec.eval.llm import LLMScores, llm_results
     from ragrec.eval.protocol import beyond_context
@@ -142,6 +162,9 @@ def run(args) -> None:
         if agree != checked:
             raise SystemExit(f"recommend() differs from the scored path for {checked - agree} of {checked} users")
     rows = [{**r.row(), "candidate_recall@20": round(float(np.isfinite(r.ranks).mean()), 6)} for r in results]
+    counts = RerankFeatures.from_histories(sc.catalog, hist).priors.popularity
+    cold = np.array([counts.get(t, 0) < COLD for t in (sc.data.targets(split)[u] for u in a.users)])
+    slices = {"cold_target": _slice(results, cold), "warm_target": _slice(results, ~cold)}
     ratio = served.metrics((10,))["ndcg@10"] / max(a.metrics((10,))["ndcg@10"], 1e-12)
     runs = 0
     if split == "test":
@@ -155,6 +178,7 @@ def run(args) -> None:
         "ratio_served_over_a": round(ratio, 4),
         "recommend_agrees": f"{agree}/{checked}" if agree is not None else None,
         "per_user": f"{args.name}_per_user.csv",
+        "slices": slices,
     }
     imp = fit.rerankers["reranker"].importance
     llm_share = sum(v for k, v in imp.items() if k.startswith("llm_"))
@@ -169,6 +193,10 @@ def run(args) -> None:
         f"{split}: {ratio:.3f}."
         + (f" recommend() gave the scored lists for {agree}/{checked} checked users." if agree is not None else ""),
         f"Share of the (l) model's split gain taken by the LLM features: {llm_share:.1%} ({imp}).",
+        f"Cold-start slice (targets with fewer than {COLD} interactions in the histories the models see): "
+        f"{slices['cold_target']['users']} users; NDCG@10 "
+        + ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in slices["cold_target"]["ndcg@10"].items())
+        + f"; (l) - (l-) {slices['cold_target']['(l) - (l-)']}.",
         f"Fit time (lists, LLM item vectors, both models): {fit_seconds / 60:.1f} min on this CPU; timing {fit.timing}.",
     ]
     where = Path(args.out) if args.out else RESULTS

@@ -73,11 +73,11 @@ def test_eval_llm_writes_a_report(rec_dir, tmp_path):
 
 
 def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
-    from conftest import hash_embedder, movie_data
+    from conftest import hash_embedder, walking_data
     from ragrec.inference import Recommender, load_model
     from ragrec.pipeline import run_demo
 
-    folder = movie_data().save(tmp_path / "movies")
+    folder = walking_data().save(tmp_path / "movies")
     lines: list[str] = []
     report = run_demo(dataset=str(folder), users=2, eval_users=6, k=3, out=tmp_path / "rec", echo=lines.append,
                       loaded=load_model(str(tiny_lm_dir), device="cpu"), embedder=hash_embedder)  # fmt: skip
@@ -88,8 +88,9 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
     assert report.chat[0].references == (report.recommendations[0].items[1].item_id,)
     assert [r["system"] for r in report.rows][0] == "retriever (EASE)" and report.rows[0]["users"] == 6
     assert report.rows[-1]["system"].startswith("served: ") and "validation users" in report.served
+    assert "reranker" in report.served or "fusion" in report.served
     assert any(line.startswith("serving: ") for line in lines)
-    assert any(line.startswith("| movies |") for line in "\n".join(lines).splitlines())
+    assert any(line.startswith("| walks |") for line in "\n".join(lines).splitlines())
     again = Recommender.from_pretrained(report.saved, loaded=load_model(str(tiny_lm_dir), device="cpu"),
                                         embedder=hash_embedder)  # fmt: skip
     assert again.recommend(report.recommendations[0].user_id, k=3).item_ids == report.recommendations[0].item_ids

@@ -128,7 +128,6 @@ def run_demo(
     model: str | None = None,
     users: int = 3,
     eval_users: int = 100,
-    valid_users: int = 300,
     k: int = 5,
     out: Path | None = None,
     echo: Callable[[str], None] = print,
@@ -136,15 +135,17 @@ def run_demo(
     embedder=None,
 ) -> DemoReport:
     """Pull ``dataset``, build a scenario and a recommender on ``model`` (the default LM when
-    ``None``), choose on ``valid_users`` validation users what the scenario serves
-    (:func:`~ragrec.eval.llm.choose_fusion`), print recommendations + explanations for ``users``
+    ``None``), fit the second stage and choose on validation users what the scenario serves
+    (:func:`~ragrec.finetune.ltr.fit_reranker`), print recommendations + explanations for ``users``
     users, then evaluate the retriever, the zero-shot LLM and the served system on ``eval_users``
     sampled test users."""
     from ragrec import paths
     from ragrec.data import load_prepared, pull
     from ragrec.data.sources import cached_names
-    from ragrec.eval.llm import choose_fusion, llm_results, sample_users, score_llm, split_priors
+    from ragrec.eval.llm import llm_results, sample_users, score_llm
     from ragrec.eval.report import markdown_table
+    from ragrec.finetune.config import RerankerConfig
+    from ragrec.finetune.ltr import SERVED_NAMES, fit_reranker
     from ragrec.inference import DEFAULT_MODEL, Recommender, RecommenderConfig, load_model
 
     if dataset in cached_names() or Path(dataset).is_dir():
@@ -164,13 +165,16 @@ def run_demo(
     echo(f"model: {loaded.source} on {loaded.device} ({loaded.dtype})")
     rec = Recommender(loaded, [scenario], config)
     result = DemoReport()
-    # What the scenario serves is decided on validation users: the zero-shot LLM fused with the
-    # retriever, a learned fusion with it, or the retriever + item priors without the LLM.
-    picked = sample_users(sorted(data.targets(S.VALID)), valid_users)
-    valid = score_llm(rec, split=S.VALID, users=picked, retrieved_only=True, progress=False)
-    weight, fusion, choice = choose_fusion(valid, split_priors(scenario, S.VALID), max_history=config.max_history)
-    scenario.config.fusion_weight, scenario.config.fusion = weight, fusion
-    result.served = choice.get("served", f"fusion weight {weight:g}") + f" (chosen on {len(picked)} validation users)"
+    # What the scenario serves is decided on validation users: the learning-to-rank stage with the
+    # LLM's item vectors, the same without them, or the retriever + item priors fusion.
+    echo("fitting the second stage (LightGBM over out-of-fold lists, with and without the LLM's item vectors; "
+         "a few minutes)...")  # fmt: skip
+    run = fit_reranker(scenario, loaded, RerankerConfig(candidates=config.candidates), progress=False)
+    scenario.reranker = run.reranker
+    if run.reranker is None:
+        scenario.config.fusion = run.fusion
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in run.valid.items())
+    result.served = f"{SERVED_NAMES[run.served]} (chosen on validation NDCG@10 over all validation users: {figures})"
     echo(f"serving: {result.served}")
     demo_users = sorted(scenario.histories, key=lambda u: int(u) if u.isdigit() else u)[:users]
     for user in demo_users:
@@ -200,13 +204,10 @@ def run_demo(
     sample = sample_users(list(data.targets(S.TEST)), eval_users)
     echo(f"\nevaluating on {len(sample)} test users ({rec.config.candidates} candidates each)...")
     scores = score_llm(rec, split=S.TEST, users=sample)
-    if fusion is not None:
-        rows = scores.fusion_rows(split_priors(scenario, S.TEST), fusion.names, fusion.max_history)
-        served: float | list = [fusion.score(x) for x in rows]
-    else:
-        served = weight
+    served = [rec.served_scores(scenario, h, c, r, None) for h, c, r in zip(scores.histories, scores.candidates,
+                                                                         scores.retriever)]  # fmt: skip
     results = llm_results(scores, {"retriever (EASE)": None, "zero-shot LLM alone": 0.0,
-                                   f"served: {choice.get('served', f'fusion weight {weight:g}')}": served})  # fmt: skip
+                                   f"served: {SERVED_NAMES[run.served]}": served})  # fmt: skip
     result.rows = [r.row() for r in results]
     echo(markdown_table(result.rows, ("users", "ndcg@10", "recall@10", "mrr@10")))
     target = out or paths.home() / "demo" / "recommender"

@@ -40,9 +40,14 @@ from ragrec.inference.rerank import (
 )
 from ragrec.ranking import metric_table
 
-__all__ = ["RerankerConfig", "RerankerRun", "fit_reranker", "list_ranks"]
+__all__ = ["RerankerConfig", "RerankerRun", "fit_reranker", "list_ranks", "SERVED_NAMES"]
 
 SERVED = ("fusion", "reranker_no_llm", "reranker")
+SERVED_NAMES = {
+    "fusion": "retriever + item priors fusion (no LLM)",
+    "reranker_no_llm": "reranker without the LLM's features",
+    "reranker": "reranker with the LLM's item vectors",
+}
 
 
 def list_ranks(lists: list[CandidateList], scores: list[np.ndarray]) -> np.ndarray:

@@ -386,19 +386,8 @@ class Recommender:
             if j not in llm:
                 out.append(Recommendation(req.user_id, sc.name, "rank", (), req.fallback, ("no unseen candidates",)))
                 continue
-            s = llm[j]
             retr = np.array([c.score for c in cs])
-            if sc.reranker is not None:
-                rows = sc.rerank_features.rows(
-                    req.history.item_ids, [c.item_id for c in cs], retr, sc.reranker.features
-                )
-                fused = sc.reranker.score(rows)
-            elif sc.config.fusion is not None:
-                ids, fusion = [c.item_id for c in cs], sc.config.fusion
-                rows = sc.priors.features(req.history.item_ids, ids, retr, s, fusion.names, fusion.max_history)
-                fused = fusion.score(rows)
-            else:
-                fused = fuse_scores(s, retr, sc.config.fusion_weight)
+            fused = self.served_scores(sc, req.history.item_ids, [c.item_id for c in cs], retr, llm[j])
             order = np.argsort(-fused, kind="stable")[:k]
             ev = self.evidence(sc, req, [cs[i].item_id for i in order])
             items = tuple(
@@ -407,6 +396,22 @@ class Recommender:
             )
             out.append(Recommendation(req.user_id, sc.name, "rank", items, req.fallback))
         return out
+
+    @staticmethod
+    def served_scores(
+        sc: Scenario, history: Sequence[str], candidates: Sequence[str], retriever: np.ndarray, llm: np.ndarray | None
+    ) -> np.ndarray:
+        """The scores ``rank`` orders ``candidates`` by: the scenario's reranker, else its learned
+        fusion, else the LLM's scores fused with the retriever's by ``fusion_weight`` (``llm`` may be
+        ``None`` when the first two need no LLM)."""
+        if sc.reranker is not None:
+            return sc.reranker.score(sc.rerank_features.rows(history, candidates, retriever, sc.reranker.features))
+        if sc.config.fusion is not None:
+            fusion = sc.config.fusion
+            return fusion.score(
+                sc.priors.features(history, candidates, retriever, llm, fusion.names, fusion.max_history)
+            )
+        return fuse_scores(llm, retriever, sc.config.fusion_weight)
 
     def evidence(self, sc: Scenario, req: _Request, item_ids: Sequence[str]) -> list[tuple]:
         """The history items behind each of ``item_ids`` (:mod:`ragrec.inference.evidence`);
