@@ -70,8 +70,10 @@ def _slice(results, mask: np.ndarray) -> dict:
 
     out = {"users": int(mask.sum()), "ndcg@10": {}, "candidate_recall@20": {}}
     for r in results:
-        out["ndcg@10"][r.name] = round(float(per_user(r.ranks[mask], "ndcg@10").mean()), 6) if mask.any() else None
-        out["candidate_recall@20"][r.name] = round(float(np.isfinite(r.ranks[mask]).mean()), 6) if mask.any() else None
+        out["ndcg@10"][r.system] = round(float(per_user(r.ranks[mask], "ndcg@10").mean()), 6) if mask.any() else None
+        out["candidate_recall@20"][r.system] = (
+            round(float(np.isfinite(r.ranks[mask]).mean()), 6) if mask.any() else None
+        )
     a, _, lm, ll, _ = results
     for name, x, y in (("(l) - (l-)", ll, lm), ("(l) - (a)", ll, a)):
         if mask.sum() > 1:

@@ -139,3 +139,17 @@ def test_a_reranker_refuses_a_mismatched_model(fitted):
     rr = run.rerankers["reranker_no_llm"]
     with pytest.raises(RagrecError, match="features"):
         Reranker(rr.info.model_copy(update={"features": rr.features[:-1]}), rr.booster)
+
+
+def test_item_vectors_do_not_depend_on_the_batch(tiny_lm_dir):
+    from ragrec.inference.rerank import item_vectors
+
+    sc = _scenario()
+    loaded = load_model(str(tiny_lm_dir))
+    together, ids, layer = item_vectors(loaded, sc.catalog, batch=64, progress=False)
+    alone, ids2, _ = item_vectors(loaded, sc.catalog, batch=1, progress=False)
+    assert ids == ids2 == list(sc.catalog) and layer == 1  # the middle of 2 layers
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
+    with pytest.raises(RagrecError, match="layer"):
+        item_vectors(loaded, sc.catalog, layer=5, progress=False)

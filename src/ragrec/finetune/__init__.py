@@ -4,7 +4,7 @@
 serving-time prompt renderer; ``finetune`` trains and saves an adapter that a
 :class:`~ragrec.inference.Recommender` loads by scenario name; ``ragrec.finetune.scenario``
 scaffolds a new scenario from CSV files and runs the whole path (``ragrec scenario new``,
-``ragrec finetune``).
+``ragrec finetune``); ``fit_reranker`` fits the learning-to-rank second stage (no LoRA).
 """
 
 import importlib
@@ -16,6 +16,8 @@ _WHERE = {
     "FinetuneResult": "ragrec.finetune.trainer",
     "build_examples": "ragrec.finetune.examples",
     "finetune": "ragrec.finetune.trainer",
+    "fit_reranker": "ragrec.finetune.ltr",
+    "RerankerConfig": "ragrec.finetune.config",
     "to_dataset": "ragrec.finetune.examples",
 }
 

@@ -296,8 +296,7 @@ class ChatSession:
         keep, described = year_filter(q)
         if described:
             notes.append(f"filter: {described}")
-        wanted = wanted_categories(q, sorted({c for it in sc.catalog.values() for c in it.categories}),
-                                   sc.matcher.stated(q)[0])  # fmt: skip
+        wanted = wanted_categories(q, sc.categories, sc.matcher.stated(q)[0])
         if wanted:
             notes.append(f"wanted: {', '.join(wanted)}")
         if kind == "about":

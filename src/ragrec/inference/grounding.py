@@ -117,6 +117,7 @@ class TitleMatcher:
         self._attrs: dict[str, tuple[frozenset[str], int | None]] = {}
         self._punct_titles: list[str] = []  # titles whose punctuation must not end a sentence
         self._titles: dict[str, str] = {}
+        self._prompt: tuple[str, list[str]] = ("", [])  # the last prompt masked (check runs per sentence prefix)
         for item in items:
             self._attrs[item.item_id] = (frozenset(item.categories), item.year)
             if item.title:
@@ -248,7 +249,15 @@ class TitleMatcher:
         words = self.masked_words(text)
         return Grounding(tuple(cited), tuple(i for i in cited if i not in allowed), tuple(unknown),
                          tuple(self.unsupported(text, support, history)), tuple(misattributed), repetition(words),
-                         echoes(words, self.masked_words(prompt)) or bool(_META.search(text) or _LIST_LINE.search(text)))  # fmt: skip
+                         echoes(words, self._masked_prompt(prompt)) or bool(_META.search(text) or _LIST_LINE.search(text)))  # fmt: skip
+
+    def _masked_prompt(self, prompt: str) -> list[str]:
+        """:meth:`masked_words` of ``prompt``, kept for the next call with the same prompt."""
+        last = self._prompt  # one read: another thread may replace it meanwhile
+        if last[0] != prompt or not prompt:
+            last = (prompt, self.masked_words(prompt))
+            self._prompt = last
+        return last[1]
 
     def sentences(self, text: str) -> tuple[list[str], str]:
         """:func:`sentences` with this catalog's titles protected."""

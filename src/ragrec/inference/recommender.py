@@ -162,6 +162,11 @@ class Scenario:
         return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()))
 
     @cached_property
+    def categories(self) -> list[str]:
+        """The catalog's categories, sorted."""
+        return sorted({c for it in self.catalog.values() for c in it.categories})
+
+    @cached_property
     def matcher(self) -> TitleMatcher:
         return TitleMatcher(self.catalog.values())
 

@@ -170,9 +170,10 @@ class RerankFeatures:
 
 
 def item_vectors(loaded, catalog: Mapping[str, Item], *, layer: int | None = None, batch: int = 64,
-                 progress: bool = True) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
+                 max_tokens: int = 32, progress: bool = True) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
     """Unit-length, mean-centred LLM vectors of every catalog item's title (with its year): the
-    mean hidden state over the title's tokens at ``layer`` (default: the middle layer). Returns the
+    mean hidden state over the title's first ``max_tokens`` tokens at ``layer`` (default: the middle
+    layer); titles are sorted by length into batches so little padding is computed. Returns the
     vectors (float32), the item ids in row order and the layer used."""
     import torch
     from tqdm.auto import tqdm
@@ -184,17 +185,23 @@ def item_vectors(loaded, catalog: Mapping[str, Item], *, layer: int | None = Non
         raise RagrecError(f"layer {layer} of a {layers}-layer model: need 1..{layers}")
     ids = list(catalog)
     texts = [_title(catalog[i]) for i in ids]
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths batched together
     out = []
     device = next(model.parameters()).device
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     with torch.no_grad():
         for b in tqdm(range(0, len(texts), batch), desc="LLM item vectors", disable=not progress, leave=False):
-            enc = tok(texts[b : b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            hidden = decoder(**enc, output_hidden_states=True).hidden_states[layer].float()  # no LM head
+            part = [texts[j] for j in order[b : b + batch]]
+            enc = tok(part, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
+                      add_special_tokens=False).to(device)  # fmt: skip
+            positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # padding does not shift positions
+            hidden = decoder(**enc, position_ids=positions, output_hidden_states=True).hidden_states[layer].float()
             mask = enc["attention_mask"][..., None].float()
             out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())
-    x = np.concatenate(out) if out else np.zeros((0, model.config.hidden_size))
+    x = np.zeros((len(ids), model.config.hidden_size))
+    if out:
+        x[order] = np.concatenate(out)
     x = x - x.mean(axis=0, keepdims=True)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x.astype(np.float32), ids, layer
