@@ -32,6 +32,19 @@ def test_recommend_json_and_errors(rec_dir):
     assert code == 2 and "unknown item ids ['nope']" in err
 
 
+def test_recommend_with_rules_and_diversity(rec_dir):
+    code, out, err = run_cli("recommend", str(rec_dir), "--user", "u1", "-k", "3", "--json")
+    first = json.loads(out)["items"][0]["item_id"]
+    code, out, err = run_cli("recommend", str(rec_dir), "--user", "u1", "-k", "3", "--json", "--exclude-item", first,
+                             "--exclude-category", "crime", "--diversity", "0.5")  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out)
+    assert first not in [i["item_id"] for i in res["items"]] and len(res["items"]) == 3
+    assert any("business rules removed" in n for n in res["notes"])
+    code, _, err = run_cli("recommend", str(rec_dir), "--user", "u1", "--diversity", "3")
+    assert code == 2 and "between 0 and 1" in err
+
+
 def test_explain_streams_and_chat_reads_stdin(rec_dir):
     from ragrec.inference import Recommender
 

@@ -93,12 +93,26 @@ def recommend_cmd(
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
     task: Annotated[str, typer.Option(help="rank | generate.")] = "rank",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+    diversity: Annotated[
+        float | None, typer.Option(help="MMR diversity 0-1 of the final list (default: the scenario's).")
+    ] = None,
+    exclude_item: Annotated[list[str] | None, typer.Option(help="Never recommend this item id (repeatable).")] = None,
+    exclude_category: Annotated[
+        list[str] | None, typer.Option(help="Never recommend items of this category (repeatable).")
+    ] = None,
+    category: Annotated[list[str] | None, typer.Option(help="Only items of this category (repeatable).")] = None,
+    max_per_category: Annotated[int | None, typer.Option(help="At most this many items per category.")] = None,
     quantization: Quant = None,
     device: Device = None,
 ) -> None:
     """Recommend items for a user (or an explicit history)."""
+    from ragrec.inference.optimise import ListRules
+
     rec = _load(rec_dir, quantization, device)
-    res = rec.recommend(**_who(user, history), scenario=scenario, k=k, task=task)
+    asked = {"exclude_items": exclude_item or [], "exclude_categories": exclude_category or [],
+             "include_categories": category or [], "max_per_category": max_per_category}  # fmt: skip
+    rules = ListRules(**asked) if any(asked.values()) else None
+    res = rec.recommend(**_who(user, history), scenario=scenario, k=k, task=task, diversity=diversity, rules=rules)
     sc = rec.scenario(res.scenario)
     if as_json:
         typer.echo(json.dumps({"user_id": res.user_id, "scenario": res.scenario, "task": res.task,
@@ -107,6 +121,8 @@ def recommend_cmd(
         return
     if res.fallback:
         console.print(f"[yellow]fallback:[/] {res.fallback}")
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {note}")
     for i in res.items:
         retr = f"  retriever {i.retriever_score:.3f}" if i.retriever_score is not None else ""
         typer.echo(f"{i.rank:>3}. {sc.catalog[i.item_id].title}  [{i.item_id}]  score {i.score:.3f}{retr}")

@@ -47,12 +47,14 @@ from ragrec.inference.fusion import FusionModel, ItemPriors, _standardise
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
 from ragrec.inference.grounding import TitleMatcher
 from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
+from ragrec.inference.optimise import ListRules, capped, mmr
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPrediction, RatingPredictor
 from ragrec.inference.rerank import Reranker, RerankFeatures
 from ragrec.io import atomic_directory, atomic_write_text, read_json_meta
 from ragrec.prompts import PromptBudget, PromptTemplate, TemplateRegistry, builtin_registry
 from ragrec.retrieval import Retriever, TextEncoder, load_encoder
+from ragrec.retrieval.retriever import MAX_K
 from ragrec.types import Candidate, Item, RankedItem, UserHistory
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
 FORMAT_VERSION = 1
 PARTS = "parts.json"  # per scenario: the templates, adapter and text encoder it was saved with
 RECOMMEND_TASKS = ("rank", "generate")
+RULES_DEPTH = 5  # with business rules, retrieve up to this many times the candidates to refill the list
 
 
 class RecommenderConfig(BaseModel):
@@ -118,6 +121,14 @@ class ScenarioConfig(BaseModel):
         "retriever", description="Order the LLM is shown the candidates in: the retriever's, or a fixed shuffle "
         "of them (`shown_order`; what a residual ranker was trained on, so a letter carries no retriever rank).",
     )  # fmt: skip
+    diversity: float = Field(
+        0.0, ge=0, le=1, description="Default MMR diversity of the final list (0: the ranking as it is; "
+        "`recommend(diversity=...)` overrides it).",
+    )  # fmt: skip
+    rules: ListRules | None = Field(
+        None, description="Default business rules (include/exclude items, categories, years; per-category caps); "
+        "`recommend(rules=...)` overrides them.",
+    )  # fmt: skip
     retriever_choice: dict[str, Any] | None = Field(
         None, description="How the retriever's settings were chosen on validation (e.g. EASE's l2 and decay and "
         "the grid tried), as `build_scenario` reported it.",
@@ -160,6 +171,11 @@ class Scenario:
     def priors(self) -> ItemPriors:
         """Popularity, categories and years for a learned fusion, from the known histories."""
         return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()))
+
+    @cached_property
+    def item_vectors(self) -> np.ndarray:
+        """The retriever's item embeddings (rows in the encoder's catalog order), for diversity."""
+        return self.retriever.encoder.item_embeddings()
 
     @cached_property
     def categories(self) -> list[str]:
@@ -366,9 +382,15 @@ class Recommender:
         scenario: str | None = None,
         k: int = 10,
         task: str = "rank",
+        diversity: float | None = None,
+        rules: ListRules | None = None,
     ) -> list[Recommendation]:
         """``recommend`` for many users of one scenario at once (batched LLM passes)."""
         sc = self.scenario(scenario)
+        diversity = sc.config.diversity if diversity is None else diversity
+        rules = sc.config.rules if rules is None else rules
+        if not 0 <= diversity <= 1:
+            raise RagrecError(f"diversity must be between 0 and 1, got {diversity}")
         if task not in RECOMMEND_TASKS:
             raise UnknownNameError("recommend task", task, list(RECOMMEND_TASKS))
         n = self.config.candidates
@@ -377,7 +399,7 @@ class Recommender:
         requests = self._requests(sc, user_ids, histories)
         if not requests:
             return []
-        cands = self._retrieve(sc, requests, min(n, len(sc.retriever.index)))
+        cands, rule_notes = self._allowed(sc, requests, n, rules)
         if task == "generate":
             return [self._generate_one(sc, r, c, k) for r, c in zip(requests, cands)]
         live = [j for j, cs in enumerate(cands) if cs]  # a user who has seen everything gets nothing to rank
@@ -389,18 +411,58 @@ class Recommender:
         out = []
         for j, (req, cs) in enumerate(zip(requests, cands)):
             if j not in llm:
-                out.append(Recommendation(req.user_id, sc.name, "rank", (), req.fallback, ("no unseen candidates",)))
+                why = rule_notes[j] or ("no unseen candidates",)
+                out.append(Recommendation(req.user_id, sc.name, "rank", (), req.fallback, why))
                 continue
             retr = np.array([c.score for c in cs])
             fused = self.served_scores(sc, req.history.item_ids, [c.item_id for c in cs], retr, llm[j])
-            order = np.argsort(-fused, kind="stable")[:k]
+            order = self._final_order(sc, [c.item_id for c in cs], fused, k, diversity, rules)
             ev = self.evidence(sc, req, [cs[i].item_id for i in order])
             items = tuple(
                 RankedItem(cs[i].item_id, float(fused[i]), r, None, float(retr[i]), e)
                 for r, (i, e) in enumerate(zip(order, ev), 1)
             )
-            out.append(Recommendation(req.user_id, sc.name, "rank", items, req.fallback))
+            out.append(Recommendation(req.user_id, sc.name, "rank", items, req.fallback, rule_notes[j]))
         return out
+
+    def _allowed(
+        self, sc: Scenario, requests: Sequence[_Request], n: int, rules: ListRules | None
+    ) -> tuple[list[list[Candidate]], list[tuple[str, ...]]]:
+        """Each request's first ``n`` retrieved candidates that ``rules`` allow, retrieving deeper
+        (up to ``RULES_DEPTH`` x ``n``) so that forbidden items are replaced; notes say how many were
+        removed and when fewer than ``n`` remain."""
+        size = len(sc.retriever.index)
+        if rules is None or not rules.filters:
+            return self._retrieve(sc, requests, min(n, size)), [() for _ in requests]
+        depth = min(size, MAX_K, n * RULES_DEPTH)
+        cands, notes = [], []
+        for cs in self._retrieve(sc, requests, depth):
+            keep = rules.keep([c.item_id for c in cs], sc.catalog)
+            kept = [cs[j] for j in keep[:n]]
+            looked = len(cs) if len(keep) < n else keep[n - 1] + 1
+            note = [f"business rules removed {looked - len(kept)} of the first {looked} retrieved candidates"]
+            if not kept:
+                note = [f"business rules removed every one of the {len(cs)} retrieved candidates"]
+            elif len(kept) < n:
+                note.append(f"only {len(kept)} allowed candidates in the first {len(cs)} retrieved")
+            cands.append(kept)
+            notes.append(tuple(note) if looked > len(kept) or len(kept) < n else ())
+        return cands, notes
+
+    def _final_order(
+        self, sc: Scenario, ids: Sequence[str], scores: np.ndarray, k: int, diversity: float, rules: ListRules | None
+    ) -> list[int]:
+        """The top ``k`` of ``scores``, re-ordered by MMR when ``diversity`` > 0 and capped per
+        category when ``rules.max_per_category`` is set (:mod:`ragrec.inference.optimise`)."""
+        cap = rules.max_per_category if rules is not None else None
+        if diversity > 0:
+            vectors = sc.item_vectors[sc.retriever.encoder.indices(list(ids))]
+            order = mmr(scores, vectors, len(ids), diversity)
+        else:
+            order = list(np.argsort(-scores, kind="stable"))
+        if cap is not None:
+            return capped(order, [sc.catalog[i].categories for i in ids], cap, k)
+        return order[:k]
 
     @staticmethod
     def served_scores(
@@ -433,8 +495,15 @@ class Recommender:
         scenario: str | None = None,
         k: int = 10,
         task: str = "rank",
+        diversity: float | None = None,
+        rules: ListRules | None = None,
     ) -> Recommendation:
         """Top-``k`` items for a known user (``user_id``) or an explicit ``history`` of item ids.
+
+        ``rules`` (:class:`~ragrec.inference.optimise.ListRules`; default: the scenario's) remove
+        forbidden items from the candidates before anything ranks them and refill the list from
+        deeper in the retrieval; ``diversity`` (0-1; default: the scenario's) re-orders the ranked
+        list by maximal marginal relevance over the retriever's item embeddings.
 
         ``task``: ``rank`` (the LLM scores the retrieved candidates; fused with the retriever's
         score by the scenario's ``fusion_weight``, or by its learned ``fusion``) or ``generate`` (the LLM writes titles,
@@ -445,7 +514,7 @@ class Recommender:
             raise RagrecError("pass user_id or history")
         users = None if user_id is None else [user_id]
         return self.recommend_batch(users, histories=None if history is None else [history], scenario=scenario,
-                                    k=k, task=task)[0]  # fmt: skip
+                                    k=k, task=task, diversity=diversity, rules=rules)[0]  # fmt: skip
 
     def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
         gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)

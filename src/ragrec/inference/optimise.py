@@ -1,0 +1,124 @@
+"""The last step before a list is returned: business rules, diversity and category caps.
+
+* :class:`ListRules` keep or drop candidates by item id, category and year. The Recommender applies
+  them to the retrieved candidates *before* any model ranks them (the LLM never sees a forbidden
+  item) and retrieves deeper to refill the list, so the user still gets ``k`` items where the
+  catalog allows it.
+* :func:`mmr` re-orders a ranked list by maximal marginal relevance: each next item maximises
+  ``(1 - diversity) * relevance - diversity * (largest similarity to an item already picked)``,
+  relevance min-max scaled over the candidates, similarity the cosine of the retriever's item
+  embeddings. ``diversity=0`` keeps the ranking as it is.
+* :func:`capped` keeps at most ``cap`` items per category, in list order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ragrec.types import Item
+
+__all__ = ["ListRules", "mmr", "capped"]
+
+
+class ListRules(BaseModel):
+    """Which items a list may hold. Empty fields impose nothing; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_items: list[str] | None = Field(None, description="Only these item ids may be recommended.")
+    exclude_items: list[str] = Field(default_factory=list, description="Item ids never recommended.")
+    include_categories: list[str] = Field(
+        default_factory=list, description="Only items with at least one of these categories (case-insensitive)."
+    )
+    exclude_categories: list[str] = Field(
+        default_factory=list, description="Items with any of these categories are never recommended."
+    )
+    year_min: int | None = Field(None, description="Only items from this year on (items without a year are dropped).")
+    year_max: int | None = Field(None, description="Only items up to this year (items without a year are dropped).")
+    max_per_category: int | None = Field(None, ge=1, description="At most this many items per category in a list.")
+
+    @model_validator(mode="after")
+    def _years(self) -> ListRules:
+        if self.year_min is not None and self.year_max is not None and self.year_min > self.year_max:
+            raise ValueError(f"year_min {self.year_min} is after year_max {self.year_max}")
+        return self
+
+    @property
+    def filters(self) -> bool:
+        """Whether the rules can remove a candidate (``max_per_category`` only re-orders the list)."""
+        return bool(
+            self.include_items is not None
+            or self.exclude_items
+            or self.include_categories
+            or self.exclude_categories
+            or self.year_min is not None
+            or self.year_max is not None
+        )
+
+    def allows(self, item: Item) -> bool:
+        if self.include_items is not None and item.item_id not in set(self.include_items):
+            return False
+        if item.item_id in set(self.exclude_items):
+            return False
+        cats = {c.lower() for c in item.categories}
+        if self.include_categories and not cats & {c.lower() for c in self.include_categories}:
+            return False
+        if cats & {c.lower() for c in self.exclude_categories}:
+            return False
+        if self.year_min is not None and (item.year is None or item.year < self.year_min):
+            return False
+        return not (self.year_max is not None and (item.year is None or item.year > self.year_max))
+
+    def keep(self, item_ids: Sequence[str], catalog: Mapping[str, Item]) -> list[int]:
+        """Positions of ``item_ids`` the rules allow (ids missing from ``catalog`` are dropped)."""
+        return [j for j, i in enumerate(item_ids) if i in catalog and self.allows(catalog[i])]
+
+
+def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Indices of ``k`` candidates picked greedily by maximal marginal relevance (module docstring);
+    ties go to the earlier candidate. ``vectors`` (C, D): one row per candidate (zero rows: no
+    similarity to anything)."""
+    if not 0 <= diversity <= 1:
+        raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
+    rel = np.asarray(relevance, dtype=np.float64)
+    n = len(rel)
+    k = min(k, n)
+    if diversity == 0 or n == 0:
+        return list(np.argsort(-rel, kind="stable")[:k])
+    span = rel.max() - rel.min()
+    rel = (rel - rel.min()) / span if span > 0 else np.zeros(n)
+    v = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+    sim = v @ v.T
+    picked: list[int] = []
+    closest = np.full(n, -np.inf)  # largest similarity to a picked item (none yet)
+    free = np.ones(n, dtype=bool)
+    for _ in range(k):
+        value = (1 - diversity) * rel - diversity * np.where(np.isfinite(closest), closest, 0.0)
+        value[~free] = -np.inf
+        j = int(np.argmax(value))  # first maximum: the earlier candidate on ties
+        picked.append(j)
+        free[j] = False
+        closest = np.maximum(closest, sim[j])
+    return picked
+
+
+def capped(order: Sequence[int], categories: Sequence[Sequence[str]], cap: int, k: int) -> list[int]:
+    """The first ``k`` of ``order`` taking at most ``cap`` items of any one category (an item
+    counts against each of its categories; items without one are never capped)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for j in order:
+        cats = set(categories[j])
+        if any(seen[c] >= cap for c in cats):
+            continue
+        seen.update(cats)
+        out.append(j)
+        if len(out) == k:
+            break
+    return out
