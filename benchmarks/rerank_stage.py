@@ -117,9 +117,7 @@ def run(args) -> None:
         hist = [h.item_ids for h in sc.data.histories(splits=(S.TRAIN,)).values()]
     else:
         hist = [h.item_ids for h in sc.histories.values()]
-    scores = LLMScores(sc.data.name, split, [cl.user_id for cl in lists], [list(cl.candidates) for cl in lists],
-                       [cl.retriever.astype(float) for cl in lists], [np.zeros(len(cl.candidates)) for cl in lists],
-                       np.array([cl.target for cl in lists]), [list(cl.history) for cl in lists])  # fmt: skip
+    scores = LLMScores.without_llm(sc.data.name, split, lists)
     variants = {}
     for key, rr in fit.rerankers.items():
         build = RerankFeatures.from_histories(sc.catalog, hist, rr.vectors, rr.vector_ids, rr.info.max_history)

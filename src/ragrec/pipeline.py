@@ -142,10 +142,11 @@ def run_demo(
     from ragrec import paths
     from ragrec.data import load_prepared, pull
     from ragrec.data.sources import cached_names
-    from ragrec.eval.llm import llm_results, sample_users, score_llm
+    from ragrec.eval.llm import LLMScores, llm_results, sample_users, score_llm
     from ragrec.eval.report import markdown_table
     from ragrec.finetune.config import RerankerConfig
     from ragrec.finetune.ltr import SERVED_NAMES, fit_reranker
+    from ragrec.finetune.residual import serving_lists
     from ragrec.inference import DEFAULT_MODEL, Recommender, RecommenderConfig, load_model
 
     if dataset in cached_names() or Path(dataset).is_dir():
@@ -201,13 +202,16 @@ def run_demo(
             echo(f"  you> {message}\n  ragrec> {answer.text}" + (f"  [{answer.fallback}]" if answer.fallback else ""))
             if answer.intent != "about":
                 echo("         " + "; ".join(scenario.catalog[i.item_id].title or i.item_id for i in answer.items[:3]))
+    lists = serving_lists(scenario, S.TEST, None, min(config.candidates, len(scenario.retriever.index)))
+    echo(f"\nevaluating what is served on all {len(lists)} test users ({config.candidates} candidates each)...")
+    everyone = LLMScores.without_llm(data.name, S.TEST, lists)
+    served = [rec.served_scores(scenario, h, c, r, None) for h, c, r in zip(everyone.histories, everyone.candidates,
+                                                                         everyone.retriever)]  # fmt: skip
+    results = llm_results(everyone, {"retriever (EASE)": None, f"served: {SERVED_NAMES[run.served]}": served})
     sample = sample_users(list(data.targets(S.TEST)), eval_users)
-    echo(f"\nevaluating on {len(sample)} test users ({rec.config.candidates} candidates each)...")
-    scores = score_llm(rec, split=S.TEST, users=sample)
-    served = [rec.served_scores(scenario, h, c, r, None) for h, c, r in zip(scores.histories, scores.candidates,
-                                                                         scores.retriever)]  # fmt: skip
-    results = llm_results(scores, {"retriever (EASE)": None, "zero-shot LLM alone": 0.0,
-                                   f"served: {SERVED_NAMES[run.served]}": served})  # fmt: skip
+    echo(f"and the zero-shot LLM alone on {len(sample)} sampled test users...")
+    scores = score_llm(rec, split=S.TEST, users=sample, progress=False)
+    results += llm_results(scores, {"retriever (EASE), same users": None, "zero-shot LLM alone": 0.0})
     result.rows = [r.row() for r in results]
     echo(markdown_table(result.rows, ("users", "ndcg@10", "recall@10", "mrr@10")))
     target = out or paths.home() / "demo" / "recommender"

@@ -52,6 +52,16 @@ class LLMScores:
     target_pos: np.ndarray  # (U,) index of the target among the candidates, -1 when not retrieved
     histories: list[list[str]] = field(default_factory=list)  # the histories the candidates came from
 
+    @classmethod
+    def without_llm(cls, dataset: str, split: str, lists: Sequence) -> LLMScores:
+        """Scores of candidate lists that no LLM scored (its column is zeros): ``lists`` hold
+        ``user_id``, ``history``, ``candidates``, ``retriever`` and ``target`` (e.g.
+        :func:`ragrec.finetune.residual.serving_lists`), for systems that re-order them by other scores."""
+        return cls(dataset, split, [cl.user_id for cl in lists], [list(cl.candidates) for cl in lists],
+                   [np.asarray(cl.retriever, dtype=float) for cl in lists],
+                   [np.zeros(len(cl.candidates)) for cl in lists], np.array([cl.target for cl in lists], dtype=int),
+                   [list(cl.history) for cl in lists])  # fmt: skip
+
     def ranks(self, weight: float | None | Sequence[np.ndarray]) -> np.ndarray:
         """Pessimistic 1-based ranks: ``weight=None`` the retriever's order, a number the LLM score
         fused with that weight, or per-user candidate scores (e.g. a learned fusion's)."""
