@@ -118,6 +118,8 @@ def run(args) -> None:
         f"Test runs of this benchmark in results/test_runs.jsonl: {runs}. Command: `{extra['command']}`.",
         "diversity@10: mean pairwise 1 - Jaccard of the items' categories; coverage@10: share of the catalog "
         "recommended to anyone; novelty@10: mean self-information in bits.",
+        "With a category cap, recommend() returns only the items the cap allows (possibly fewer than 10); here the "
+        "candidates it leaves out follow in the retriever's order, so every list has 10 items and the rows compare.",
     ]
     where = Path(args.out) if args.out else RESULTS
     keys = ("users", "ndcg@10", "recall@10", "coverage@10", "diversity@10", "novelty@10", "tail@10")
