@@ -9,9 +9,10 @@ scores every test user and reports, on the same users:
 * (e) first stage + item priors, learned fusion without the LLM (fitted on validation);
 * (l-) the reranker without the LLM's features;
 * (l) the reranker with the LLM's features;
+* (c') the LLM alone: each candidate's title similarity to the recent history in the LLM's hidden states;
 * (g) item priors alone;
 
-with paired bootstrap CIs for (l)-(l-) (the LLM features' share), (l)-(e), (l)-(a), (l-)-(e), and
+with paired bootstrap CIs for (l)-(l-) (the LLM features' share), (l)-(e), (l)-(a), (l-)-(e), (c')-(g), and
 which of (e)/(l-)/(l) validation chose to serve; the served one is checked against
 ``Recommender.recommend``. Writes ``benchmarks/results/<name>.{json,md}``, ``<name>_recall.png``
 and ``<name>_per_user.csv``; the test figures go to ``results/test_runs.jsonl``.
@@ -74,7 +75,7 @@ def _slice(results, mask: np.ndarray) -> dict:
         out["candidate_recall@20"][r.system] = (
             round(float(np.isfinite(r.ranks[mask]).mean()), 6) if mask.any() else None
         )
-    a, _, lm, ll, _ = results
+    a, lm, ll = results[0], results[2], results[3]
     for name, x, y in (("(l) - (l-)", ll, lm), ("(l) - (a)", ll, a)):
         if mask.sum() > 1:
             b = paired_bootstrap(per_user(x.ranks[mask], "ndcg@10"), per_user(y.ranks[mask], "ndcg@10"))
@@ -122,6 +123,9 @@ def run(args) -> None:
     for key, rr in fit.rerankers.items():
         build = RerankFeatures.from_histories(sc.catalog, hist, rr.vectors, rr.vector_ids, rr.info.max_history)
         variants[key] = [rr.score(build.rows(cl.history, cl.candidates, cl.retriever, rr.features)) for cl in lists]
+        if rr.info.uses_llm:  # (c'): the LLM alone, its title similarity to the recent history (no vector: last)
+            llm_alone = [np.nan_to_num(build.rows(cl.history, cl.candidates, cl.retriever, ["llm_sim_profile"])[:, 0],
+                                       nan=-2.0) for cl in lists]  # fmt: skip
     priors = RerankFeatures.from_histories(sc.catalog, hist).priors
     names_e = fit.fusion.names
     row_e = [fit.fusion.score(priors.features(cl.history, cl.candidates, cl.retriever, None, names_e)) for cl in lists]
@@ -139,13 +143,15 @@ def run(args) -> None:
         "(e) first stage + item priors, learned fusion (no LLM)": row_e,
         "(l-) reranker without the LLM's features": variants["reranker_no_llm"],
         "(l) reranker with the LLM's features": variants["reranker"],
+        "(c') the LLM alone: title similarity to the recent history in its hidden states": llm_alone,
         "(g) item priors alone (no retriever, no LLM)": row_g,
     }
     results = llm_results(scores, systems, beyond_context(sc.data, split))
-    a, e, lm, ll, g = results
+    a, e, lm, ll, c, g = results
     served = {"fusion": e, "reranker_no_llm": lm, "reranker": ll}[fit.served]
     comparisons = [("(l) - (l-): the LLM features", compare(ll, lm)), ("(l) - (e)", compare(ll, e)),
                    ("(l) - (a)", compare(ll, a)), ("(l-) - (e)", compare(lm, e)), ("(e) - (a)", compare(e, a)),
+                   ("(c') - (g)", compare(c, g)),
                    (f"served ({fit.served}) - (a)", compare(served, a))]  # fmt: skip
 
     # the served path: the chosen stage inside a Recommender gives the scored lists
