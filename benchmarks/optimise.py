@@ -61,6 +61,8 @@ def _tradeoff_plot(rows: list[dict]) -> bytes:
 
 
 def run(args) -> None:
+    from rerank_stage import scenario_for
+
     from ragrec import schema as S
     from ragrec.eval.llm import LLMScores, llm_results
     from ragrec.eval.protocol import beyond_context
@@ -69,14 +71,7 @@ def run(args) -> None:
     from ragrec.inference.optimise import capped, mmr
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    if args.dataset == "ml-100k":
-        from llm_rank import _scenario
-
-        sc, label = _scenario(), "ML-100K (RecBole split)"
-    else:
-        from rerank_stage import games_scenario
-
-        sc, label = games_scenario(args.users, args.seed), f"Amazon Video Games ({args.users} sampled users)"
+    sc, label = scenario_for(args)
     lists = serving_lists(sc, args.split, None, args.candidates)
     _log(f"{label}: {len(lists)} {args.split} users")
     vectors = sc.retriever.encoder.item_embeddings()
@@ -131,16 +126,12 @@ def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from rerank_stage import add_dataset_options, parse_dataset_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=["ml-100k", "games"], default="ml-100k")
-    p.add_argument("--users", type=int, default=6000, help="games: users sampled")
+    add_dataset_options(p, "optimise")
     p.add_argument("--candidates", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", choices=["valid", "test"], default="test")
-    p.add_argument("--name", default=None, help="results/<name>.{json,md} (default: optimise[_games])")
-    p.add_argument("--out", default=None, help="write the report here instead of benchmarks/results")
-    args = p.parse_args(argv)
-    args.name = args.name or ("optimise" if args.dataset == "ml-100k" else "optimise_games")
+    args = parse_dataset_args(p, argv)
     runlog.started()
     run(args)
 

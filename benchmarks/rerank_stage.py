@@ -61,6 +61,35 @@ def games_scenario(users: int, seed: int = 0):
     return build_scenario(leave_one_out(sub), "games", item_noun="game", text=False)
 
 
+def scenario_for(args):
+    """The scenario ``--dataset`` names (see :func:`add_dataset_options`) and its label for reports."""
+    if args.dataset == "ml-100k":
+        from llm_rank import _scenario
+
+        return _scenario(), "ML-100K (RecBole split)"
+    return games_scenario(args.users, args.seed), f"Amazon Video Games ({args.users} sampled users)"
+
+
+def add_dataset_options(p: argparse.ArgumentParser, name: str) -> None:
+    """``--dataset``, ``--users``, ``--seed``, ``--split``, ``--name`` (default ``name`` or
+    ``name_games``) and ``--out``: the options this benchmark and optimise.py share."""
+    p.add_argument("--dataset", choices=["ml-100k", "games"], default="ml-100k")
+    p.add_argument("--users", type=int, default=6000, help="games: users sampled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["valid", "test"], default="test",
+                   help="evaluate on validation users (development; nothing logged) or test")  # fmt: skip
+    p.add_argument("--name", default=None, help=f"results/<name>.{{json,md}} (default: {name}[_games])")
+    p.add_argument("--out", default=None, help="write the report here instead of benchmarks/results")
+    p.set_defaults(default_name=name)
+
+
+def parse_dataset_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    args.name = args.name or (args.default_name if args.dataset == "ml-100k" else f"{args.default_name}_games")
+    del args.default_name
+    return args
+
+
 COLD = 5  # a target with fewer interactions than this in the known histories is a cold-start target
 
 
@@ -84,7 +113,7 @@ def _slice(results, mask: np.ndarray) -> dict:
 
 
 def run(args) -> None:
-    from ragrec.eval.llm import LLMScores, llm_results
+    from ragrec.eval.llm import LLMScores, llm_results, split_priors
     from ragrec.eval.protocol import beyond_context
     from ragrec.eval.report import compare, write_report
     from ragrec.finetune.config import RerankerConfig
@@ -96,12 +125,7 @@ def run(args) -> None:
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     t0 = time.perf_counter()
-    if args.dataset == "ml-100k":
-        from llm_rank import _scenario
-
-        sc, label = _scenario(), "ML-100K (RecBole split)"
-    else:
-        sc, label = games_scenario(args.users, args.seed), f"Amazon Video Games ({args.users} sampled users)"
+    sc, label = scenario_for(args)
     choice = sc.config.retriever_choice or {}
     _log(f"{label}: EASE l2 {choice.get('l2')} decay {choice.get('decay')} (chosen on valid)")
     loaded = load_model(args.model)
@@ -126,15 +150,13 @@ def run(args) -> None:
         if rr.info.uses_llm:  # (c'): the LLM alone, its title similarity to the recent history (no vector: last)
             llm_alone = [np.nan_to_num(build.rows(cl.history, cl.candidates, cl.retriever, ["llm_sim_profile"])[:, 0],
                                        nan=-2.0) for cl in lists]  # fmt: skip
-    priors = RerankFeatures.from_histories(sc.catalog, hist).priors
+    priors = split_priors(sc, split)  # from the histories `hist` holds
     names_e = fit.fusion.names
     row_e = [fit.fusion.score(priors.features(cl.history, cl.candidates, cl.retriever, None, names_e)) for cl in lists]
     from ragrec.finetune.residual import _fit_anchor
 
     vlists = serving_lists(sc, "valid", None, cfg.candidates)
-    vpriors = RerankFeatures.from_histories(
-        sc.catalog, [h.item_ids for h in sc.data.histories(splits=("train",)).values()]
-    ).priors
+    vpriors = split_priors(sc, "valid")
     names_g = [n for n in names_e if n != "retriever"]
     fusion_g = _fit_anchor(vlists, vpriors, names_g)
     row_g = [fusion_g.score(priors.features(cl.history, cl.candidates, cl.retriever, None, names_g)) for cl in lists]
@@ -168,7 +190,7 @@ def run(args) -> None:
         if agree != checked:
             raise SystemExit(f"recommend() differs from the scored path for {checked - agree} of {checked} users")
     rows = [{**r.row(), "candidate_recall@20": round(float(np.isfinite(r.ranks).mean()), 6)} for r in results]
-    counts = RerankFeatures.from_histories(sc.catalog, hist).priors.popularity
+    counts = priors.popularity
     cold = np.array([counts.get(t, 0) < COLD for t in (sc.data.targets(split)[u] for u in a.users)])
     slices = {"cold_target": _slice(results, cold), "warm_target": _slice(results, ~cold)}
     ratio = served.metrics((10,))["ndcg@10"] / max(a.metrics((10,))["ndcg@10"], 1e-12)
@@ -214,17 +236,10 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=["ml-100k", "games"], default="ml-100k")
-    p.add_argument("--users", type=int, default=6000, help="games: users sampled")
+    add_dataset_options(p, "rerank_stage")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--layer", type=int, default=None, help="hidden layer of the LLM item vectors (default: middle)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", choices=["valid", "test"], default="test",
-                   help="evaluate on validation users (development; nothing logged) or test")  # fmt: skip
-    p.add_argument("--name", default=None, help="results/<name>.{json,md} (default: rerank_stage[_games])")
-    p.add_argument("--out", default=None, help="write the report here instead of benchmarks/results")
-    args = p.parse_args(argv)
-    args.name = args.name or ("rerank_stage" if args.dataset == "ml-100k" else "rerank_stage_games")
+    args = parse_dataset_args(p, argv)
     runlog.started()
     run(args)
 

@@ -36,6 +36,7 @@ from ragrec.inference.rerank import (
     Reranker,
     RerankerInfo,
     RerankFeatures,
+    Transitions,
     item_vectors,
 )
 from ragrec.ranking import metric_table
@@ -51,12 +52,11 @@ SERVED_NAMES = {
 
 
 def list_ranks(lists: list[CandidateList], scores: list[np.ndarray]) -> np.ndarray:
-    """Pessimistic 1-based rank of each list's target under ``scores`` (inf: not retrieved)."""
-    ranks = np.full(len(lists), np.inf)
-    for j, (cl, s) in enumerate(zip(lists, scores)):
-        if cl.target >= 0:
-            ranks[j] = int((s >= s[cl.target]).sum())
-    return ranks
+    """Pessimistic 1-based rank of each list's target under ``scores`` (inf: not retrieved), as
+    every two-stage evaluation ranks them (:meth:`ragrec.eval.llm.LLMScores.ranks`)."""
+    from ragrec.eval.llm import LLMScores
+
+    return LLMScores.without_llm("", "", lists).ranks(list(scores))
 
 
 def _ndcg(lists: list[CandidateList], scores: list[np.ndarray]) -> float:
@@ -143,7 +143,7 @@ def fit_reranker(
     config = config or RerankerConfig()
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    lists, _, oof = out_of_fold_lists(sc, config, progress=progress)
+    lists, fold_priors, oof = out_of_fold_lists(sc, config, progress=progress)
     if not lists:
         raise RagrecError(f"no training position of scenario {sc.name!r} has its target among {config.candidates} "
                           "out-of-fold candidates")  # fmt: skip
@@ -162,7 +162,7 @@ def fit_reranker(
         vec_info = {"base_model": loaded.source, "base_fingerprint": model_fingerprint(loaded.model),
                     "vector_layer": layer}  # fmt: skip
 
-    folds = {f: RerankFeatures.from_histories(sc.catalog, h, vectors, ids, config.max_history)
+    folds = {f: RerankFeatures(fold_priors[f], Transitions.from_histories(h), vectors, ids, config.max_history)
              for f, h in fold_histories(sc, config).items()}  # fmt: skip
     train_hist = [h.item_ids for h in sc.data.histories(splits=(S.TRAIN,)).values()]
     vbuild = RerankFeatures.from_histories(sc.catalog, train_hist, vectors, ids, config.max_history)
@@ -181,11 +181,9 @@ def fit_reranker(
         train = _matrix(folds, lists, feats)
         vmat = _matrix(vbuild, vkept, feats)
         info, booster = _train(config, feats, train, vmat, {"recipe": "out-of-fold lists, early stopping on valid"})
-        if key == "reranker":
-            info = info.model_copy(update={**vec_info, "max_history": config.max_history})
-        else:
-            info = info.model_copy(update={"max_history": config.max_history})
-        rr = Reranker(info, booster, vectors if key == "reranker" else None, ids if key == "reranker" else ())
+        llm = key == "reranker"
+        info = info.model_copy(update={"max_history": config.max_history, **(vec_info if llm else {})})
+        rr = Reranker(info, booster, vectors if llm else None, ids if llm else ())
         scores = [rr.score(vbuild.rows(cl.history, cl.candidates, cl.retriever, feats)) for cl in vlists]
         valid[key] = _ndcg(vlists, scores)
         rr.info.fitted_on["valid_ndcg@10"] = round(valid[key], 6)

@@ -60,22 +60,28 @@ class ListRules(BaseModel):
         )
 
     def allows(self, item: Item) -> bool:
-        if self.include_items is not None and item.item_id not in set(self.include_items):
-            return False
-        if item.item_id in set(self.exclude_items):
-            return False
-        cats = {c.lower() for c in item.categories}
-        if self.include_categories and not cats & {c.lower() for c in self.include_categories}:
-            return False
-        if cats & {c.lower() for c in self.exclude_categories}:
-            return False
-        if self.year_min is not None and (item.year is None or item.year < self.year_min):
-            return False
-        return not (self.year_max is not None and (item.year is None or item.year > self.year_max))
+        return bool(self.keep([item.item_id], {item.item_id: item}))
 
     def keep(self, item_ids: Sequence[str], catalog: Mapping[str, Item]) -> list[int]:
         """Positions of ``item_ids`` the rules allow (ids missing from ``catalog`` are dropped)."""
-        return [j for j, i in enumerate(item_ids) if i in catalog and self.allows(catalog[i])]
+        only = None if self.include_items is None else set(self.include_items)
+        never = set(self.exclude_items)
+        wanted = {c.lower() for c in self.include_categories}
+        banned = {c.lower() for c in self.exclude_categories}
+        low, high = self.year_min, self.year_max
+
+        def allowed(item: Item) -> bool:
+            cats = {c.lower() for c in item.categories}
+            return (
+                (only is None or item.item_id in only)
+                and item.item_id not in never
+                and (not wanted or bool(cats & wanted))
+                and not cats & banned
+                and (low is None or (item.year is not None and item.year >= low))
+                and (high is None or (item.year is not None and item.year <= high))
+            )
+
+        return [j for j, i in enumerate(item_ids) if i in catalog and allowed(catalog[i])]
 
 
 def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:

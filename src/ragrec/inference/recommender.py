@@ -439,14 +439,17 @@ class Recommender:
         for cs in self._retrieve(sc, requests, depth):
             keep = rules.keep([c.item_id for c in cs], sc.catalog)
             kept = [cs[j] for j in keep[:n]]
-            looked = len(cs) if len(keep) < n else keep[n - 1] + 1
-            note = [f"business rules removed {looked - len(kept)} of the first {looked} retrieved candidates"]
-            if not kept:
-                note = [f"business rules removed every one of the {len(cs)} retrieved candidates"]
-            elif len(kept) < n:
-                note.append(f"only {len(kept)} allowed candidates in the first {len(cs)} retrieved")
             cands.append(kept)
-            notes.append(tuple(note) if looked > len(kept) or len(kept) < n else ())
+            looked = keep[n - 1] + 1 if len(kept) == n else len(cs)  # retrieved candidates read to fill the list
+            if not kept:
+                notes.append((f"business rules removed every one of the {len(cs)} retrieved candidates",))
+            elif len(kept) < n:
+                notes.append((f"business rules removed {looked - len(kept)} of the first {looked} retrieved candidates",
+                              f"only {len(kept)} allowed candidates in the first {len(cs)} retrieved"))  # fmt: skip
+            elif looked > n:
+                notes.append((f"business rules removed {looked - n} of the first {looked} retrieved candidates",))
+            else:
+                notes.append(())
         return cands, notes
 
     def _final_order(
