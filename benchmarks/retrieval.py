@@ -3,6 +3,7 @@
     python benchmarks/retrieval.py                       # all parts (hours on 2 CPU cores)
     python benchmarks/retrieval.py --parts ml-100k faiss  # some parts
     python benchmarks/retrieval.py --report-only          # rebuild the report from saved parts
+    python benchmarks/retrieval.py --parts mf-ml-100k mf-ml-1m mf-games  # ALS / BPR (implicit) rows only
 
 Each part writes benchmarks/results/retrieval_parts/<part>.json (rows + per-user test ranks);
 the report step merges them into benchmarks/results/retrieval.json (``rows``: dataset, system,
@@ -237,6 +238,96 @@ def run_dataset(name: str) -> dict:
     return part
 
 
+MF_NAMES = {"als": "ALS (implicit)", "bpr": "BPR (implicit)"}
+
+
+class _TrainedUsers:
+    """BPR scored with its *trained* user vectors (looked up by the user's training history), to
+    measure what the fold-in costs on validation. Only what ``evaluate_encoder`` calls."""
+
+    kind = "bpr-trained-user-vectors"
+
+    def __init__(self, encoder, histories, user_factors) -> None:
+        self.encoder, self.item_ids, self.item_index = encoder, encoder.item_ids, encoder.item_index
+        self.rows = {tuple(h): k for k, h in enumerate(histories)}
+        self.user_factors = user_factors
+
+    def indices(self, items):
+        return self.encoder.indices(items)
+
+    def scores(self, histories):
+        return self.user_factors[[self.rows[tuple(h)] for h in histories]] @ self.encoder.factors.T
+
+
+def run_mf(name: str) -> dict:
+    """ALS and BPR (implicit) on ``name``'s split: settings and fold-in decay chosen on validation
+    (ragrec.pipeline.select_mf, trained on train), evaluated on test as trained (train only) and
+    refit on train + valid; paired CIs against ragrec's best first stage of the same training data
+    in ``retrieval_parts/<name>.json`` (same users)."""
+    from ragrec.pipeline import select_mf
+    from ragrec.retrieval import MFEncoder
+
+    base = json.loads((PARTS / f"{name}.json").read_text())
+    t0 = time.perf_counter()
+    data = SPECS[name][0]()
+    results, info = {}, {}
+    for algo, label in MF_NAMES.items():
+        start = time.perf_counter()
+        sel, choice = select_mf(data, algo, progress=True)
+        info[label] = {k: v for k, v in choice.items() if k != "grid"} | {"grid": choice["grid"],
+                      "select_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        _log(f"{name} {label}: chose {info[label]['valid_ndcg@10']} with {sel.config.model_dump()}")
+        if algo == "bpr":  # what the fold-in costs: the same model with its trained user vectors, on validation
+            hist = data.histories(splits=(S.TRAIN,))
+            enc, users = MFEncoder.fit(data, sel.config, user_factors=True)
+            users_v, _, _ = eval_users(data, S.VALID)
+            pick = sorted(np.random.default_rng(0).choice(len(users_v), min(TUNE_USERS, len(users_v)), replace=False))
+            sample = [users_v[i] for i in pick]
+            trained = _TrainedUsers(enc, [h.item_ids for h in hist.values()], users)
+            folded = evaluate_encoder(enc, data, split=S.VALID, users=sample, list_k=0).metrics((10,))["ndcg@10"]
+            own = evaluate_encoder(trained, data, split=S.VALID, users=sample, list_k=0).metrics((10,))["ndcg@10"]
+            info[label]["valid_ndcg@10_trained_user_vectors"] = round(own, 6)
+            info[label]["valid_ndcg@10_folded_in_same_model"] = round(folded, 6)
+            _log(f"{name} BPR on validation: trained user vectors {own:.4f}, folded in {folded:.4f}")
+        start = time.perf_counter()
+        refit = MFEncoder.fit(data, sel.config, splits=(S.TRAIN, S.VALID))
+        info[label]["refit_seconds"] = round(time.perf_counter() - start, 1)
+        results[f"{label} (train only)"] = evaluate_encoder(sel, data, system=f"{label} (train only)")
+        results[label] = evaluate_encoder(refit, data, system=label)
+    users = results[f"{MF_NAMES['als']} (train only)"].users
+    if users != base["users"]:
+        raise SystemExit(f"{name}: the test users differ from retrieval_parts/{name}.json; rerun that part")
+    ragrec_rows = [r for r in base["rows"] if not r["system"].startswith(("RecBole", "Text", "Popularity"))]
+    comparisons = []
+    for system, res in results.items():
+        side = trained_on(system)
+        peers = [r for r in ragrec_rows if (r.get("trained_on") or trained_on(r["system"])) == side]
+        if not peers:
+            continue
+        best = max(peers, key=lambda r: r["ndcg@10"])  # the strongest ragrec row of the same training data
+        ranks = np.array([np.inf if x is None else x for x in base["ranks"][best["system"]]], dtype=float)
+        other = EvalResult(best["system"], name, S.TEST, users, ranks)
+        c = compare(res, other)
+        comparisons.append({"name": f"{system} - {best['system']}", **vars(c), "trained_on": side,
+                            "ratio": round(res.metrics()["ndcg@10"] / other.metrics()["ndcg@10"], 4)})  # fmt: skip
+    rows = []
+    for system, res in results.items():
+        rows.append({**res.row(), "trained_on": trained_on(system), "candidate_recall@20": res.row()["recall@20"]})
+    return {"dataset": name, "rows": rows, "info": info, "comparisons": comparisons,
+            "curves": {s: recall_curve(r.ranks).round(6).tolist() for s, r in results.items()},
+            "ranks": {s: [None if math.isinf(x) else int(x) for x in r.ranks] for s, r in results.items()},
+            "users": users, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+
+
+def _run_config(name: str) -> dict:
+    """What a part's test run is, for the run log."""
+    if name.startswith("mf-"):
+        from ragrec.pipeline import MF_DECAYS, MF_GRIDS
+
+        return {"part": name, "grids": MF_GRIDS, "decays": MF_DECAYS, "chosen_on": "valid NDCG@10"}
+    return {"part": name, "specs": repr(SPECS[name][1:])}
+
+
 def trained_on(system: str) -> str:
     """Which interactions a row's model was fitted on (docs/evaluation.md: like for like)."""
     if system.startswith("Text"):
@@ -297,6 +388,20 @@ def run_faiss(n: int = 1_000_000, d: int = 64, queries: int = 1000, k: int = 100
 
 def report() -> None:
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))}
+    for name in SPECS:  # the ALS / BPR part of a dataset joins its table, comparisons and plot
+        mf = parts.pop(f"mf-{name}", None)
+        if mf is None or name not in parts:
+            continue
+        part = parts[name]
+        part["rows"] = [r for r in part["rows"] if not r["system"].startswith(tuple(MF_NAMES.values()))] + mf["rows"]
+        part["comparisons"] = part["comparisons"] + mf["comparisons"]
+        part["info"] = {
+            **part["info"],
+            **{k: {x: y for x, y in v.items() if x != "grid"} for k, v in mf["info"].items()},
+        }
+        part["curves"] = {**part["curves"], **mf["curves"]}
+        part.setdefault("extra_provenance", {})["ALS / BPR rows"] = {**mf.get("provenance", {}),
+                                                                      "test_runs": mf.get("test_runs")}  # fmt: skip
     rows = []
     for name in [*SPECS, "faiss"]:
         if name in parts:
@@ -332,6 +437,10 @@ def report() -> None:
                    f"results/test_runs.jsonl: {part.get('test_runs', '?')}.", ""]  # fmt: skip
         else:
             md += ["Made before commands and test runs were recorded (before 2026-12-02).", ""]
+        for what, pv in part.get("extra_provenance", {}).items():
+            md += [f"{what}: `{pv.get('command')}` at commit {pv.get('commit')} on {pv.get('date')}; test runs: "
+                   f"{pv.get('test_runs')}. Compared with the strongest ragrec row of the same training data "
+                   "(by test NDCG@10, so the comparison is conservative for ALS / BPR), paired over the same users.", ""]  # fmt: skip
         md += [
             markdown_table(
                 [r for r in rows if r["dataset"] == name],
@@ -377,7 +486,16 @@ def report() -> None:
     _log(f"wrote {RESULTS / 'retrieval.json'} ({len(rows)} rows) and retrieval.md")
 
 
-_SYSTEM_COLORS = ["Popularity", "EASE (recency)", "SASRec (train only)", "SASRec (ragrec)", "Text (MiniLM)", "Hybrid"]
+_SYSTEM_COLORS = [
+    "Popularity",
+    "EASE (recency)",
+    "SASRec (train only)",
+    "SASRec (ragrec)",
+    "Text (MiniLM)",
+    "Hybrid",
+    "ALS (implicit)",
+    "BPR (implicit)",
+]
 
 
 def _color(system: str) -> str:
@@ -411,18 +529,27 @@ def _plot(parts: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Retrieval benchmark (see module docstring).")
-    parser.add_argument("--parts", nargs="*", default=[*SPECS, "faiss"], help=f"any of {[*SPECS, 'faiss']}")
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        default=[*SPECS, "faiss"],
+        help=f"any of {[*SPECS, 'faiss']}, or mf-<dataset> (ALS / BPR rows beside a dataset's part)",
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     runlog.started()  # the commit this run's code is from
     PARTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
+        valid = [*SPECS, "faiss", *(f"mf-{n}" for n in SPECS)]
         for name in args.parts:
-            if name not in SPECS and name != "faiss":
-                sys.exit(f"error: unknown part {name!r}; valid: {[*SPECS, 'faiss']}")
-            part = run_faiss() if name == "faiss" else run_dataset(name)
+            if name not in valid:
+                sys.exit(f"error: unknown part {name!r}; valid: {valid}")
+            if name.startswith("mf-"):
+                part = run_mf(name[3:])
+            else:
+                part = run_faiss() if name == "faiss" else run_dataset(name)
             if name != "faiss":
-                n = log_test_run("retrieval", f"retrieval: {name}", {"part": name, "specs": repr(SPECS[name][1:])},
+                n = log_test_run("retrieval", f"retrieval: {name}", _run_config(name),
                                  {f"{r['system']} ndcg@10": r["ndcg@10"] for r in part["rows"]})  # fmt: skip
                 part["test_runs"] = n
                 part["provenance"] = provenance({"parts": args.parts})

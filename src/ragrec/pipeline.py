@@ -18,14 +18,24 @@ from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
 
-__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "resolve_retriever", "select_ease"]
+__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "resolve_retriever", "select_ease",
+           "select_mf", "MF_GRIDS"]  # fmt: skip
 
-SCENARIO_RETRIEVERS = ("auto", "ease", "sasrec", "popularity")
+SCENARIO_RETRIEVERS = ("auto", "ease", "sasrec", "als", "bpr", "popularity")
 # The grid a scenario's EASE retriever is chosen from on validation (l2 fits once each; decay only
 # weighs the query). On ML-100K's RecBole split it picks l2 300, decay 0.9 (benchmarks/results/retrieval.md).
 EASE_L2_GRID = (100.0, 300.0, 1000.0, 3000.0)
 EASE_DECAY_GRID = (0.6, 0.8, 0.9, 1.0)
 EASE_VALID_USERS = 5000  # validation users sampled (seeded) on larger datasets
+# The grids a scenario's ALS / BPR first stage is chosen from on validation (each setting trains
+# once; the fold-in's recency decay only changes the query).
+MF_GRIDS: dict[str, list[dict]] = {
+    "als": [{"factors": f, "regularization": r, "alpha": a} for f in (64, 128) for r in (0.1, 1.0, 10.0)
+            for a in (1.0, 10.0)],
+    "bpr": [{"factors": f, "learning_rate": lr, "regularization": r, "iterations": it} for f in (64, 128)
+            for lr in (0.01, 0.05) for r in (0.001, 0.01) for it in (100, 300)],
+}  # fmt: skip
+MF_DECAYS = (1.0, 0.9, 0.7)
 
 
 def select_ease(
@@ -60,6 +70,40 @@ def select_ease(
     return enc, report
 
 
+def select_mf(
+    data: InteractionData,
+    algorithm: str,
+    grid: list[dict] | None = None,
+    decays: tuple[float, ...] = MF_DECAYS,
+    *,
+    max_users: int = EASE_VALID_USERS,
+    progress: bool = False,
+):
+    """ALS or BPR (``implicit``) fitted on the train split with the settings of ``grid`` (default
+    :data:`MF_GRIDS`) and fold-in decay that score the best validation NDCG@10 (full ranking, history
+    masked; first best on ties). Returns the encoder and a report like :func:`select_ease`'s."""
+    from ragrec.eval.llm import sample_users
+    from ragrec.eval.protocol import evaluate_encoder
+    from ragrec.retrieval.mf import MFConfig, MFEncoder
+
+    users = sample_users(sorted(data.target_sets(S.VALID)), max_users)
+    best, tried = None, []
+    for params in tqdm(grid or MF_GRIDS[algorithm], desc=f"{algorithm} grid", disable=not progress, leave=False):
+        base = MFEncoder.fit(data, MFConfig(algorithm=algorithm, **params), splits=(S.TRAIN,))
+        for decay in decays:
+            enc = MFEncoder(base.item_ids, base.factors, base.config.model_copy(update={"decay": decay}))
+            ndcg = evaluate_encoder(enc, data, split=S.VALID, users=users, list_k=0).metrics((10,))["ndcg@10"]
+            tried.append({**params, "decay": decay, "valid_ndcg@10": round(ndcg, 6)})
+            if best is None or ndcg > best[0]:
+                best = (ndcg, enc)
+    assert best is not None
+    ndcg, enc = best
+    report = {**{k: v for k, v in enc.config.model_dump().items() if k in ("algorithm", "factors", "regularization",
+              "alpha", "learning_rate", "iterations", "decay")}, "valid_ndcg@10": round(ndcg, 6),
+              "valid_users": len(users), "grid": tried}  # fmt: skip
+    return enc, report
+
+
 def resolve_retriever(name: str, n_items: int) -> str:
     """The retriever ``name`` of :data:`SCENARIO_RETRIEVERS` stands for over a catalog of ``n_items``:
     ``auto`` is EASE up to the catalog size EASE accepts (``EASEConfig.max_items``), SASRec above."""
@@ -88,7 +132,9 @@ def build_scenario(
     ``encoder``: ``ease`` (recency-weighted EASE with l2 and decay chosen on this dataset's
     validation targets by :func:`select_ease`, recorded in ``scenario.retriever_choice``; a dense
     N x N model), ``sasrec`` (trained on the train split with early
-    stopping on validation, then refitted with it; any catalog size), ``popularity``, or ``auto``:
+    stopping on validation, then refitted with it; any catalog size), ``als`` / ``bpr`` (matrix
+    factorisation through ``implicit``, settings chosen on validation by :func:`select_mf`, users
+    folded in from their history), ``popularity``, or ``auto``:
     EASE up to ``EASEConfig.max_items`` (20,000) items, SASRec above. ``text`` adds a MiniLM text encoder
     for chat queries.
     """
@@ -98,15 +144,18 @@ def build_scenario(
     if not data.has_split:
         raise RagrecError(f"dataset {data.name!r} has no split; prepare it with one")
     encoder = resolve_retriever(encoder, len(data.item_ids()))
+    choice = None
     if encoder == "ease":
         enc, choice = select_ease(data, progress=progress)
+    elif encoder in ("als", "bpr"):
+        enc, choice = select_mf(data, encoder, progress=progress)
     elif encoder == "sasrec":
         enc, _ = SASRecEncoder.fit(data, progress=progress)
     else:
         enc = PopularityEncoder.fit(data)
     retriever = Retriever.build(enc, data, factory=factory, scenario=name)
     text_enc = TextEncoder.fit(data, embedder=embedder) if text else None
-    config = ScenarioConfig(name=name, item_noun=item_noun, retriever_choice=choice if encoder == "ease" else None)
+    config = ScenarioConfig(name=name, item_noun=item_noun, retriever_choice=choice)
     return Scenario(config, data, retriever, text_enc)
 
 

@@ -56,7 +56,10 @@ def build_cmd(
     scenario: Annotated[str, typer.Option(help="Scenario name.")] = "default",
     item_noun: Annotated[str, typer.Option(help="What the catalog holds: movie, game, product...")] = "item",
     encoder: Annotated[
-        str, typer.Option(help="Retriever: auto (EASE up to 20,000 items, SASRec above) | ease | sasrec | popularity.")
+        str,
+        typer.Option(
+            help="Retriever: auto (EASE up to 20,000 items, SASRec above) | ease | sasrec | als | bpr | popularity."
+        ),
     ] = "auto",
     text: Annotated[bool, typer.Option(help="Embed item texts (MiniLM) for chat queries.")] = True,
     model: Annotated[str, typer.Option(help="Base LM (alias, Hub id, folder, .gguf).")] = "smollm2-135m-instruct",

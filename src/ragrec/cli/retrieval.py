@@ -16,7 +16,7 @@ eval_app = typer.Typer(
     help="Evaluate systems under ragrec's protocol (docs/evaluation.md in the source tree).", no_args_is_help=True
 )
 
-ENCODER_KINDS = "sasrec | text | popularity | hybrid"
+ENCODER_KINDS = "sasrec | als | bpr | text | popularity | hybrid"
 
 
 @retriever_app.command("train")
@@ -32,7 +32,8 @@ def train_cmd(
         Optional[Path], typer.Option(help="sasrec: save the best model here whenever validation improves.")
     ] = None,
 ) -> None:
-    """Train (or embed) an encoder and save it; prints the validation NDCG@10 it reached."""
+    """Train (or embed) an encoder and save it; prints the validation NDCG@10 it reached. ALS and BPR
+    (``implicit``) choose their settings on validation unless --config / --set give them."""
     from ragrec.config import load_config
     from ragrec.data import load_prepared
     from ragrec.errors import RagrecError
@@ -58,6 +59,19 @@ def train_cmd(
         tcfg = load_config(TextEncoderConfig, config, set_, section="text")
         with console.status("embedding item texts..."):
             enc = TextEncoder.fit(data, tcfg)
+    elif encoder in ("als", "bpr"):
+        from ragrec.retrieval import MFConfig, MFEncoder
+
+        if config is None and not set_:  # nothing given: the settings of the grid that validate best
+            from ragrec.pipeline import select_mf
+
+            with console.status(f"choosing {encoder}'s settings on validation..."):
+                enc, choice = select_mf(data, encoder)
+            summary.update({k: v for k, v in choice.items() if k != "grid"})
+        else:
+            mcfg = load_config(MFConfig, config, [f"algorithm={encoder}", *set_], section="mf")
+            enc = MFEncoder.fit(data, mcfg)
+            summary["config"] = mcfg.model_dump()
     elif encoder == "popularity":
         enc = PopularityEncoder.fit(data)
     elif encoder == "hybrid":
@@ -115,7 +129,13 @@ def query_cmd(
 @eval_app.command("retriever")
 def eval_cmd(
     dataset: Annotated[str, typer.Argument(help="Prepared dataset with a split.")],
-    system: Annotated[list[str], typer.Option(help="NAME=ENCODER_DIR (repeatable); the first is the reference.")],
+    system: Annotated[
+        list[str],
+        typer.Option(
+            help="NAME=ENCODER_DIR, or NAME=RANKS.csv: per-user target ranks from another library (columns "
+            "user_id, rank; see docs/evaluation.md). Repeatable; the first is the reference."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Report path stem: writes .json, .md and _recall.png.")],
     split: Annotated[str, typer.Option(help="valid | test.")] = "test",
     mask_history: Annotated[
@@ -123,10 +143,11 @@ def eval_cmd(
     ] = True,
     k: Annotated[int, typer.Option(help="Candidates for the candidate-recall column.")] = 20,
 ) -> None:
-    """Full-ranking evaluation of saved encoders, with paired bootstrap CIs against the first."""
+    """Full-ranking evaluation of saved encoders (and of ranks computed elsewhere), with paired
+    bootstrap CIs against the first."""
     from ragrec.data import load_prepared
     from ragrec.errors import RagrecError
-    from ragrec.eval.protocol import evaluate_encoder
+    from ragrec.eval.protocol import evaluate_encoder, external_ranks
     from ragrec.eval.report import compare, write_report
     from ragrec.retrieval import load_encoder
 
@@ -135,10 +156,15 @@ def eval_cmd(
     for spec in system:
         name, sep, path = spec.partition("=")
         if not sep:
-            raise RagrecError(f"--system expects NAME=ENCODER_DIR, got {spec!r}")
-        res = evaluate_encoder(
-            load_encoder(path), data, split=split, system=name, mask_history=mask_history, progress=True
-        )
+            raise RagrecError(f"--system expects NAME=ENCODER_DIR or NAME=RANKS.csv, got {spec!r}")
+        if path.lower().endswith(".csv"):
+            if not mask_history:
+                raise RagrecError("ranks from a CSV are history-masked; drop --no-mask-history")
+            res = external_ranks(path, data, split, name)
+        else:
+            res = evaluate_encoder(
+                load_encoder(path), data, split=split, system=name, mask_history=mask_history, progress=True
+            )
         res.extra[f"candidate_recall@{k}"] = round(float((res.ranks <= k).mean()), 6)
         results.append(res)
     comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]

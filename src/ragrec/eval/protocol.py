@@ -31,7 +31,8 @@ from ragrec.ranking import DEFAULT_KS, check_finite, metric_table, pad_ranks, ta
 from ragrec.retrieval.base import Encoder
 from ragrec.retrieval.retriever import CandidateSource
 
-__all__ = ["EvalResult", "evaluate_encoder", "evaluate_retriever", "eval_users", "eval_target_sets", "beyond_context"]
+__all__ = ["EvalResult", "evaluate_encoder", "evaluate_retriever", "eval_users", "eval_target_sets", "beyond_context",
+           "external_ranks"]  # fmt: skip
 
 
 @dataclass
@@ -102,6 +103,59 @@ def eval_target_sets(
             raise ValueError(f"{len(missing)} users have no {split} target (e.g. {missing[0]!r})")
         users = list(users)
     return users, [seen[u].item_ids if u in seen else () for u in users], [targets[u] for u in users]
+
+
+RANK_COLUMNS = ("rank", "rank_masked")
+
+
+def external_ranks(path, data: InteractionData, split: str = S.TEST, system: str | None = None) -> EvalResult:
+    """Per-user ranks computed by another library (RecBole, Cornac...) as an :class:`EvalResult`, so
+    they sit in ragrec's report beside its own systems, with paired CIs over the same users.
+
+    The CSV has a ``user_id`` column and a ``rank`` (or ``rank_masked``) column: the 1-based rank of
+    the user's ``split`` target in the full catalog ranking, history masked like ragrec's protocol
+    (docs/evaluation.md); empty, ``inf`` or ``nan`` = not ranked. An optional ``target`` column is
+    checked against the split's targets (a file from another split is refused). Every user with a
+    ``split`` target must appear exactly once, and no other user."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ragrec.errors import RagrecError
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise RagrecError(f"{path}: not a readable CSV ({exc})") from exc
+    column = next((c for c in RANK_COLUMNS if c in frame), None)
+    if "user_id" not in frame or column is None:
+        raise RagrecError(f"{path}: needs columns user_id and one of {RANK_COLUMNS}; found {list(frame.columns)}")
+    if frame["user_id"].duplicated().any():
+        raise RagrecError(f"{path}: user {frame['user_id'][frame['user_id'].duplicated()].iloc[0]!r} appears twice")
+    users, _, targets = eval_target_sets(data, split)
+    given = dict(zip(frame["user_id"], frame[column]))
+    missing = [u for u in users if u not in given]
+    extra = sorted(set(given) - set(users))
+    if missing or extra:
+        raise RagrecError(f"{path}: the users differ from {data.name}'s {split} users: {len(missing)} missing "
+                          f"(e.g. {missing[:3]}), {len(extra)} not in the split (e.g. {extra[:3]})")  # fmt: skip
+    if "target" in frame:
+        stated = dict(zip(frame["user_id"], frame["target"]))
+        wrong = [u for u, t in zip(users, targets) if stated[u] and stated[u] not in t]
+        if wrong:
+            raise RagrecError(f"{path}: {len(wrong)} targets differ from the {split} split (e.g. user {wrong[0]!r}: "
+                              f"{stated[wrong[0]]!r}); the ranks were computed on another split")  # fmt: skip
+    ranks = np.empty(len(users))
+    for j, u in enumerate(users):
+        cell = given[u].strip().lower()
+        try:
+            ranks[j] = np.inf if cell in ("", "inf", "nan") else float(cell)
+        except ValueError:
+            raise RagrecError(f"{path}: user {u!r} has rank {given[u]!r}, not a number") from None
+        if not ranks[j] >= 1:
+            raise RagrecError(f"{path}: user {u!r} has rank {given[u]!r}; ranks start at 1")
+    return EvalResult(system or path.stem, data.name, split, users, ranks, extra={"source": str(path)})
 
 
 def beyond_context(data: InteractionData, split: str) -> BeyondContext:

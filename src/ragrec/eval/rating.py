@@ -54,15 +54,15 @@ def held_out_ratings(data: InteractionData, split: str) -> HeldOutRatings:
     """The ``split`` targets that carry a rating, with each user's earlier items and ratings.
 
     Raises when the dataset has no ratings (implicit feedback has nothing to predict)."""
+    order = (S.TRAIN, S.VALID, S.TEST)
+    if split not in order[1:]:
+        raise RagrecError(f"held-out ratings come from {S.VALID!r} or {S.TEST!r}, not {split!r}")
     frame = data.interactions_frame()
     if S.RATING not in frame or not frame[S.RATING].notna().any():
         raise RagrecError(f"dataset {data.name!r} has no ratings: rating prediction needs explicit feedback")
     held = frame[(frame[S.SPLIT] == split) & frame[S.RATING].notna()]
     if held[S.USER_ID].duplicated().any():
         raise RagrecError(f"split {split!r} holds several targets per user; rating evaluation expects one")
-    order = (S.TRAIN, S.VALID, S.TEST)
-    if split not in order[1:]:
-        raise RagrecError(f"held-out ratings come from {S.VALID!r} or {S.TEST!r}, not {split!r}")
     before = data.histories(splits=order[: order.index(split)])
     users, items, ratings, hists, hist_ratings = [], [], [], [], []
     for u, i, r in zip(held[S.USER_ID], held[S.ITEM_ID], held[S.RATING]):

@@ -74,9 +74,10 @@ class ScenarioSpec(BaseModel):
     split: str = Field("loo", description="loo | ratio:0.8,0.1,0.1 (docs/evaluation.md: leave-one-out is the default).")
     k_core: int = Field(0, ge=0, description="Users and items need at least this many interactions.")
     min_rating: float | None = Field(None, description="Drop interactions rated below this (None: keep all).")
-    retriever: Literal["auto", "ease", "sasrec", "popularity"] = Field(
+    retriever: Literal["auto", "ease", "sasrec", "als", "bpr", "popularity"] = Field(
         "auto",
-        description="Candidate retriever; auto: EASE up to 20,000 items (a dense item x item model), SASRec above.",
+        description="Candidate retriever; auto: EASE up to 20,000 items (a dense item x item model), SASRec above; "
+        "als / bpr: matrix factorisation (implicit).",
     )
     text: bool = Field(False, description="Embed item texts (MiniLM) for chat queries.")
     model: str = Field("smollm2-135m-instruct", description="Base LM the adapter is trained on.")

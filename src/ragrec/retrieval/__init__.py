@@ -1,9 +1,10 @@
-"""Candidate retrieval: encoders (SASRec, text, hybrid, popularity), FAISS item indexes, retrievers."""
+"""Candidate retrieval: encoders (EASE, SASRec, ALS/BPR, text, hybrid, popularity), FAISS item indexes, retrievers."""
 
 from ragrec.retrieval.base import ENCODERS, Encoder, load_encoder
 from ragrec.retrieval.ease import EASEConfig, EASEEncoder
 from ragrec.retrieval.hybrid import HybridEncoder
 from ragrec.retrieval.index import ItemIndex
+from ragrec.retrieval.mf import MFConfig, MFEncoder
 from ragrec.retrieval.popularity import PopularityEncoder
 from ragrec.retrieval.retriever import CandidateSource, Retriever
 from ragrec.retrieval.sasrec import SASRecConfig, SASRecEncoder, TrainReport
@@ -17,6 +18,8 @@ __all__ = [
     "Encoder",
     "HybridEncoder",
     "ItemIndex",
+    "MFConfig",
+    "MFEncoder",
     "PopularityEncoder",
     "Retriever",
     "SASRecConfig",

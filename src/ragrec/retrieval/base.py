@@ -103,6 +103,14 @@ class Encoder(ABC):
             raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
         return cols
 
+    def recency_weights(self, history: Sequence[str], decay: float) -> dict[int, float]:
+        """Catalog row -> ``decay ** age`` of each distinct known history item, newest first (age 0;
+        the newest occurrence of a repeated item counts): the query weights of EASE and the MF fold-in."""
+        weights: dict[int, float] = {}
+        for age, col in enumerate(reversed(self.indices(history))):
+            weights.setdefault(col, decay**age)
+        return weights
+
     def indices(self, items: Sequence[str]) -> list[int]:
         """Catalog rows of ``items``; ids not in the catalog are skipped."""
         return [self.item_index[i] for i in items if i in self.item_index]

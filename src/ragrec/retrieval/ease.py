@@ -84,12 +84,8 @@ class EASEEncoder(Encoder):
         return np.ascontiguousarray(self.weights.T)
 
     def _query_weights(self, history: Sequence[str]) -> dict[int, float]:
-        """Catalog row -> query weight ``decay ** age`` of each distinct history item, newest first
-        (the newest occurrence of a repeated item counts)."""
-        weights: dict[int, float] = {}
-        for age, col in enumerate(reversed(self.indices(history))):
-            weights.setdefault(col, self.config.decay**age)
-        return weights
+        """Catalog row -> query weight ``decay ** age`` of each distinct history item, newest first."""
+        return self.recency_weights(history, self.config.decay)
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         out = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
