@@ -1,9 +1,12 @@
-"""Accuracy against diversity and coverage: the final list re-ordered by MMR and category caps.
+"""Accuracy against diversity and coverage: the final list re-ordered by MMR, a popularity penalty,
+calibration toward the user's category mix, and category caps.
 
 For every evaluated user the scenario's first stage (recency EASE, l2/decay chosen on validation)
 retrieves 20 candidates; the list is then re-ordered exactly as ``Recommender.recommend`` does with
-``diversity=λ`` (:func:`ragrec.inference.optimise.mmr` over the retriever's item embeddings) or with
-``ListRules(max_per_category=m)`` (:func:`ragrec.inference.optimise.capped`). Each setting is
+``diversity=λ`` (:func:`ragrec.inference.optimise.mmr` over the retriever's item embeddings),
+``long_tail=w`` (:func:`~ragrec.inference.optimise.long_tail`), ``calibration=w``
+(:func:`~ragrec.inference.optimise.calibrated`) or ``ListRules(max_per_category=m)``
+(:func:`~ragrec.inference.optimise.capped`). Each setting is
 reported with NDCG@10, Recall@10, catalog coverage@10, intra-list diversity@10 and novelty@10 on
 the same users, with paired CIs against λ = 0, and a plot of accuracy against diversity (the curve a
 product owner picks a point from). Writes ``benchmarks/results/<name>.{json,md}``,
@@ -28,7 +31,9 @@ from runlog import log_test_run, print_summary, provenance
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+WEIGHTS = (0.1, 0.3, 0.5, 0.7)  # long tail and calibration
 CAPS = (1, 2)
+FAMILIES = {"MMR": "MMR, λ", "long tail": "popularity penalty, w", "calibration": "calibration, w"}
 
 
 def _log(msg: str) -> None:
@@ -44,12 +49,14 @@ def _tradeoff_plot(rows: list[dict]) -> bytes:
     from ragrec.eval.report import png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    mmr_rows = [r for r in rows if r["system"].startswith("MMR")]
+    base = rows[0]  # λ = 0: the start of every curve
     for ax, key, label in ((axes[0], "diversity@10", "intra-list diversity@10"),
                            (axes[1], "coverage@10", "catalog coverage@10")):  # fmt: skip
-        ax.plot([r[key] for r in mmr_rows], [r["ndcg@10"] for r in mmr_rows], "o-", label="MMR, λ")
-        for r in mmr_rows:
-            ax.annotate(r["system"].split("=")[1], (r[key], r["ndcg@10"]), fontsize=8)
+        for family, legend in FAMILIES.items():
+            curve = [base] + [r for r in rows[1:] if r["system"].startswith(family)]
+            ax.plot([r[key] for r in curve], [r["ndcg@10"] for r in curve], "o-", label=legend)
+            for r in curve[1:]:
+                ax.annotate(r["system"].split("=")[1], (r[key], r["ndcg@10"]), fontsize=7)
         for r in rows:
             if r["system"].startswith("cap"):
                 ax.plot(r[key], r["ndcg@10"], "s", label=r["system"])
@@ -68,14 +75,17 @@ def run(args) -> None:
     from ragrec.eval.protocol import beyond_context
     from ragrec.eval.report import compare, write_report
     from ragrec.finetune.residual import serving_lists
-    from ragrec.inference.optimise import capped, mmr
+    from ragrec.inference.optimise import calibrated, capped, category_mix, long_tail, mmr
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     sc, label = scenario_for(args)
     lists = serving_lists(sc, args.split, None, args.candidates)
     _log(f"{label}: {len(lists)} {args.split} users")
-    vectors = sc.retriever.encoder.item_embeddings()
-    rows_of = {cl.user_id: sc.retriever.encoder.indices(list(cl.candidates)) for cl in lists}
+    vectors = {cl.user_id: sc.item_vectors(cl.candidates) for cl in lists}  # as recommend() reads them
+    popularity = {cl.user_id: [sc.priors.popularity.get(i, 0) for i in cl.candidates] for cl in lists}
+    history = sc.data.histories(splits=(S.TRAIN,) if args.split == S.VALID else (S.TRAIN, S.VALID))
+    mixes = {cl.user_id: category_mix([sc.catalog[i].categories for i in history[cl.user_id].item_ids])
+             for cl in lists}  # fmt: skip
 
     def as_scores(order: list[int], n: int) -> np.ndarray:
         """Scores that sort the candidates in ``order``, the ones it leaves out after it (retriever order)."""
@@ -88,9 +98,17 @@ def run(args) -> None:
     systems: dict[str, list[np.ndarray]] = {}
     for lam in LAMBDAS:
         systems[f"MMR λ={lam:g}"] = [
-            as_scores(mmr(cl.retriever, vectors[rows_of[cl.user_id]], len(cl.candidates), lam), len(cl.candidates))
+            as_scores(mmr(cl.retriever, vectors[cl.user_id], len(cl.candidates), lam), len(cl.candidates))
             for cl in lists
         ]
+    for w in WEIGHTS:
+        systems[f"long tail w={w:g}"] = [long_tail(cl.retriever, popularity[cl.user_id], w) for cl in lists]
+    for w in WEIGHTS:
+        systems[f"calibration w={w:g}"] = [
+            as_scores(calibrated(cl.retriever, [sc.catalog[i].categories for i in cl.candidates], mixes[cl.user_id],
+                                 len(cl.candidates), w), len(cl.candidates))
+            for cl in lists
+        ]  # fmt: skip
     for cap in CAPS:
         systems[f"cap {cap} per category"] = [
             as_scores(capped(list(np.argsort(-cl.retriever, kind="stable")),
@@ -104,8 +122,11 @@ def run(args) -> None:
     rows = [r.row() for r in results]
     runs = 0
     if args.split == S.TEST:
-        runs = log_test_run(args.name, f"optimise: MMR / category caps over recency EASE's 20 candidates, {label}",
+        runs = log_test_run(args.name, f"optimise: MMR / long tail / calibration / category caps over the first stage's candidates, {label}",
                             provenance(config)["config"], {f"{r['system']} ndcg@10": r["ndcg@10"] for r in rows})  # fmt: skip
+        runs += runlog.test_runs(
+            f"optimise: MMR / category caps over recency EASE's 20 candidates, {label}"
+        )  # before long tail / calibration
     extra = {**provenance(config), "per_user": f"{args.name}_per_user.csv"}
     notes = [
         f"{label}; docs/evaluation.md protocol (history masked, two-stage over the first stage's {args.candidates} "

@@ -122,7 +122,7 @@ def test_auto_retriever_picks_by_catalog_size():
     assert resolve_retriever("auto", limit) == "ease"
     assert resolve_retriever("auto", limit + 1) == "sasrec"
     assert resolve_retriever("popularity", 10**6) == "popularity"
-    with pytest.raises(RagrecError, match="valid: auto, ease, sasrec, popularity"):
+    with pytest.raises(RagrecError, match="valid: auto, ease, sasrec, als, bpr, popularity"):
         resolve_retriever("bm25", 5)
 
 

@@ -30,10 +30,10 @@ EASE_VALID_USERS = 5000  # validation users sampled (seeded) on larger datasets
 # The grids a scenario's ALS / BPR first stage is chosen from on validation (each setting trains
 # once; the fold-in's recency decay only changes the query).
 MF_GRIDS: dict[str, list[dict]] = {
-    "als": [{"factors": f, "regularization": r, "alpha": a} for f in (64, 128) for r in (0.1, 1.0, 10.0)
+    "als": [{"factors": f, "regularization": r, "alpha": a} for f in (64, 128) for r in (1.0, 10.0, 50.0, 200.0)
             for a in (1.0, 10.0)],
     "bpr": [{"factors": f, "learning_rate": lr, "regularization": r, "iterations": it} for f in (64, 128)
-            for lr in (0.01, 0.05) for r in (0.001, 0.01) for it in (100, 300)],
+            for lr in (0.01, 0.05) for r in (0.001, 0.01, 0.05) for it in (100, 300)],
 }  # fmt: skip
 MF_DECAYS = (1.0, 0.9, 0.7)
 

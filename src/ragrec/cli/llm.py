@@ -105,17 +105,25 @@ def recommend_cmd(
     ] = None,
     category: Annotated[list[str] | None, typer.Option(help="Only items of this category (repeatable).")] = None,
     max_per_category: Annotated[int | None, typer.Option(help="At most this many items per category.")] = None,
+    year_min: Annotated[int | None, typer.Option(help="Only items from this year on.")] = None,
+    year_max: Annotated[int | None, typer.Option(help="Only items up to this year.")] = None,
+    long_tail: Annotated[
+        float | None, typer.Option(help="Popularity penalty 0-1 of the final list (default: the scenario's).")
+    ] = None,
+    calibration: Annotated[
+        float | None,
+        typer.Option(help="Pull 0-1 of the final list toward the history's category mix (default: the scenario's)."),
+    ] = None,
     quantization: Quant = None,
     device: Device = None,
 ) -> None:
-    """Recommend items for a user (or an explicit history)."""
-    from ragrec.inference.optimise import ListRules
-
+    """Recommend items for a user (or an explicit history). Rules given here add to the scenario's."""
     rec = _load(rec_dir, quantization, device)
-    asked = {"exclude_items": exclude_item or [], "exclude_categories": exclude_category or [],
-             "include_categories": category or [], "max_per_category": max_per_category}  # fmt: skip
-    rules = ListRules(**asked) if any(asked.values()) else None
-    res = rec.recommend(**_who(user, history), scenario=scenario, k=k, task=task, diversity=diversity, rules=rules)
+    asked = {"exclude_items": exclude_item, "exclude_categories": exclude_category, "include_categories": category,
+             "max_per_category": max_per_category, "year_min": year_min, "year_max": year_max}  # fmt: skip
+    res = rec.recommend(**_who(user, history), scenario=scenario, k=k, task=task, diversity=diversity,
+                        long_tail=long_tail, calibration=calibration,
+                        **{key: v for key, v in asked.items() if v})  # fmt: skip
     sc = rec.scenario(res.scenario)
     if as_json:
         typer.echo(json.dumps({"user_id": res.user_id, "scenario": res.scenario, "task": res.task,

@@ -25,7 +25,7 @@ import hashlib
 import json
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from os import PathLike
@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
@@ -47,7 +47,7 @@ from ragrec.inference.fusion import FusionModel, ItemPriors, _standardise
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
 from ragrec.inference.grounding import TitleMatcher
 from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
-from ragrec.inference.optimise import ListRules, capped, mmr
+from ragrec.inference.optimise import ListRules, calibrated, capped, category_mix, long_tail, mmr
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPrediction, RatingPredictor
 from ragrec.inference.rerank import Reranker, RerankFeatures
@@ -125,6 +125,14 @@ class ScenarioConfig(BaseModel):
         0.0, ge=0, le=1, description="Default MMR diversity of the final list (0: the ranking as it is; "
         "`recommend(diversity=...)` overrides it).",
     )  # fmt: skip
+    long_tail: float = Field(
+        0.0, ge=0, le=1, description="Default popularity penalty of the final list (0: none; "
+        "`recommend(long_tail=...)` overrides it).",
+    )  # fmt: skip
+    calibration: float = Field(
+        0.0, ge=0, le=1, description="Default pull of the final list toward the category mix of the user's history "
+        "(0: none; `recommend(calibration=...)` overrides it). Not combined with diversity.",
+    )  # fmt: skip
     rules: ListRules | None = Field(
         None, description="Default business rules (include/exclude items, categories, years; per-category caps); "
         "`recommend(rules=...)` overrides them.",
@@ -133,6 +141,52 @@ class ScenarioConfig(BaseModel):
         None, description="How the retriever's settings were chosen on validation (e.g. EASE's l2 and decay and "
         "the grid tried), as `build_scenario` reported it.",
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_reorder(self) -> ScenarioConfig:
+        if self.diversity > 0 and self.calibration > 0:
+            raise ValueError("diversity and calibration both re-order the list; set one of them")
+        return self
+
+
+@dataclass(frozen=True)
+class _Shaping:
+    """How the final list is shaped (each 0-1): popularity penalty, MMR diversity, calibration."""
+
+    diversity: float
+    long_tail: float
+    calibration: float
+
+    @classmethod
+    def of(cls, sc: Scenario, diversity: float | None, long_tail: float | None, calibration: float | None) -> _Shaping:
+        """The request's values, the scenario's defaults where ``None``; checked."""
+        c = sc.config
+        out = cls(c.diversity if diversity is None else diversity, c.long_tail if long_tail is None else long_tail,
+                  c.calibration if calibration is None else calibration)  # fmt: skip
+        for name, value in vars(out).items():
+            if not 0 <= value <= 1:
+                raise RagrecError(f"{name} must be between 0 and 1, got {value}")
+        if out.diversity > 0 and out.calibration > 0:
+            raise RagrecError("diversity and calibration both re-order the list; set one of them")
+        return out
+
+
+def _rules(rules: ListRules | None, fields: Mapping[str, Any]) -> ListRules | None:
+    """``rules`` with ``fields`` (ListRules field names, e.g. ``exclude_categories``) set over it;
+    exclusions are added to the ones ``rules`` has, every other field replaces its value."""
+    if not fields:
+        return rules
+    unknown = set(fields) - set(ListRules.model_fields)
+    if unknown:
+        raise RagrecError(f"unknown argument(s) {sorted(unknown)}; rule fields: {', '.join(ListRules.model_fields)}")
+    base = rules.model_dump() if rules is not None else {}
+    merged = {**base, **fields}
+    for key in ("exclude_items", "exclude_categories"):  # exclusions add up: a request cannot lift the scenario's
+        merged[key] = list(dict.fromkeys([*base.get(key, []), *(fields.get(key) or [])]))
+    try:
+        return ListRules(**merged)
+    except ValueError as exc:
+        raise RagrecError(f"invalid business rules: {exc}") from None
 
 
 @dataclass
@@ -172,10 +226,10 @@ class Scenario:
         """Popularity, categories and years for a learned fusion, from the known histories."""
         return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()))
 
-    @cached_property
-    def item_vectors(self) -> np.ndarray:
-        """The retriever's item embeddings (rows in the encoder's catalog order), for diversity."""
-        return self.retriever.encoder.item_embeddings()
+    def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The retriever's embeddings of ``item_ids`` (catalog items), one row each, for diversity."""
+        encoder = self.retriever.encoder
+        return encoder.item_rows(encoder.indices(list(item_ids)))
 
     @cached_property
     def categories(self) -> list[str]:
@@ -384,13 +438,14 @@ class Recommender:
         task: str = "rank",
         diversity: float | None = None,
         rules: ListRules | None = None,
+        long_tail: float | None = None,
+        calibration: float | None = None,
+        **rule_fields: Any,
     ) -> list[Recommendation]:
         """``recommend`` for many users of one scenario at once (batched LLM passes)."""
         sc = self.scenario(scenario)
-        diversity = sc.config.diversity if diversity is None else diversity
-        rules = sc.config.rules if rules is None else rules
-        if not 0 <= diversity <= 1:
-            raise RagrecError(f"diversity must be between 0 and 1, got {diversity}")
+        shaping = _Shaping.of(sc, diversity, long_tail, calibration)
+        rules = _rules(sc.config.rules if rules is None else rules, rule_fields)
         if task not in RECOMMEND_TASKS:
             raise UnknownNameError("recommend task", task, list(RECOMMEND_TASKS))
         n = self.config.candidates
@@ -416,7 +471,7 @@ class Recommender:
                 continue
             retr = np.array([c.score for c in cs])
             fused = self.served_scores(sc, req.history.item_ids, [c.item_id for c in cs], retr, llm[j])
-            order = self._final_order(sc, [c.item_id for c in cs], fused, k, diversity, rules)
+            order = self._final_order(sc, req.history.item_ids, [c.item_id for c in cs], fused, k, shaping, rules)
             ev = self.evidence(sc, req, [cs[i].item_id for i in order])
             items = tuple(
                 RankedItem(cs[i].item_id, float(fused[i]), r, None, float(retr[i]), e)
@@ -453,14 +508,26 @@ class Recommender:
         return cands, notes
 
     def _final_order(
-        self, sc: Scenario, ids: Sequence[str], scores: np.ndarray, k: int, diversity: float, rules: ListRules | None
+        self,
+        sc: Scenario,
+        history: Sequence[str],
+        ids: Sequence[str],
+        scores: np.ndarray,
+        k: int,
+        shaping: _Shaping,
+        rules: ListRules | None,
     ) -> list[int]:
-        """The top ``k`` of ``scores``, re-ordered by MMR when ``diversity`` > 0 and capped per
+        """The top ``k`` of ``scores`` after the popularity penalty (``long_tail``), re-ordered by MMR
+        (``diversity``) or toward the history's category mix (``calibration``), then capped per
         category when ``rules.max_per_category`` is set (:mod:`ragrec.inference.optimise`)."""
         cap = rules.max_per_category if rules is not None else None
-        if diversity > 0:
-            vectors = sc.item_vectors[sc.retriever.encoder.indices(list(ids))]
-            order = mmr(scores, vectors, len(ids), diversity)
+        if shaping.long_tail > 0:
+            scores = long_tail(scores, [sc.priors.popularity.get(i, 0) for i in ids], shaping.long_tail)
+        if shaping.diversity > 0:
+            order = mmr(scores, sc.item_vectors(ids), len(ids), shaping.diversity)
+        elif shaping.calibration > 0:
+            mix = category_mix([sc.catalog[i].categories for i in history if i in sc.catalog])
+            order = calibrated(scores, [sc.catalog[i].categories for i in ids], mix, len(ids), shaping.calibration)
         else:
             order = list(np.argsort(-scores, kind="stable"))
         if cap is not None:
@@ -500,13 +567,20 @@ class Recommender:
         task: str = "rank",
         diversity: float | None = None,
         rules: ListRules | None = None,
+        long_tail: float | None = None,
+        calibration: float | None = None,
+        **rule_fields: Any,
     ) -> Recommendation:
         """Top-``k`` items for a known user (``user_id``) or an explicit ``history`` of item ids.
 
         ``rules`` (:class:`~ragrec.inference.optimise.ListRules`; default: the scenario's) remove
         forbidden items from the candidates before anything ranks them and refill the list from
-        deeper in the retrieval; ``diversity`` (0-1; default: the scenario's) re-orders the ranked
-        list by maximal marginal relevance over the retriever's item embeddings.
+        deeper in the retrieval; a rule can also be given by its field name, e.g.
+        ``exclude_categories=["Horror"]`` or ``year_min=1990`` (merged over ``rules``; unknown names
+        raise). The final list (each 0-1; default: the scenario's): ``long_tail`` penalises popular
+        items, ``diversity`` re-orders by maximal marginal relevance over the retriever's item
+        embeddings, ``calibration`` re-orders toward the category mix of the history (not with
+        ``diversity``). See :mod:`ragrec.inference.optimise`.
 
         ``task``: ``rank`` (the LLM scores the retrieved candidates; fused with the retriever's
         score by the scenario's ``fusion_weight``, or by its learned ``fusion``) or ``generate`` (the LLM writes titles,
@@ -517,7 +591,8 @@ class Recommender:
             raise RagrecError("pass user_id or history")
         users = None if user_id is None else [user_id]
         return self.recommend_batch(users, histories=None if history is None else [history], scenario=scenario,
-                                    k=k, task=task, diversity=diversity, rules=rules)[0]  # fmt: skip
+                                    k=k, task=task, diversity=diversity, rules=rules, long_tail=long_tail,
+                                    calibration=calibration, **rule_fields)[0]  # fmt: skip
 
     def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
         gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)

@@ -103,6 +103,11 @@ class Encoder(ABC):
             raise KeyError(f"items outside the catalog: {[i for i in item_ids if i not in self.item_index][:5]}")
         return cols
 
+    def item_rows(self, rows: Sequence[int]) -> np.ndarray:
+        """(len(rows), d) the embeddings of some catalog rows; encoders with wide embeddings (EASE's
+        are N-dimensional) override it so that no N x d matrix is built for a few rows."""
+        return self.item_embeddings()[list(rows)]
+
     def recency_weights(self, history: Sequence[str], decay: float) -> dict[int, float]:
         """Catalog row -> ``decay ** age`` of each distinct known history item, newest first (age 0;
         the newest occurrence of a repeated item counts): the query weights of EASE and the MF fold-in."""

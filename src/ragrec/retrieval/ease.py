@@ -83,6 +83,9 @@ class EASEEncoder(Encoder):
     def item_embeddings(self) -> np.ndarray:
         return np.ascontiguousarray(self.weights.T)
 
+    def item_rows(self, rows: Sequence[int]) -> np.ndarray:
+        return np.ascontiguousarray(self.weights[:, list(rows)].T)
+
     def _query_weights(self, history: Sequence[str]) -> dict[int, float]:
         """Catalog row -> query weight ``decay ** age`` of each distinct history item, newest first."""
         return self.recency_weights(history, self.config.decay)
