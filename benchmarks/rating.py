@@ -6,11 +6,13 @@ Stages (each can run alone; outputs in .bench/rating/):
 
 * ``train``: LoRA on ``rate`` examples from the training split only (classic recipe, mixture
   ``rate``), early stopping on validation MAE -> ``.bench/rating/adapter`` (resumable).
-* ``score``: the LLM's expected rating (expectation over the digit tokens) for each test target,
-  with the user's train + valid items and ratings as history; zero-shot and with the adapter
+* ``score``: the LLM's expected rating (expectation over the digit tokens) for the test target of
+  ``--users`` sampled test users (seeded; about 1.2 s a user on 2 CPU cores), with the user's
+  train + valid items and ratings as history; zero-shot and with the adapter
   -> ``.bench/rating/llm_<name>.json`` (resumable per system).
 * ``report``: surprise models chosen on validation RMSE (fitted on train), refit on train + valid
-  for test; global mean; the LLM rows; comparisons with SVD -> ``benchmarks/results/rating.{json,md}``,
+  for test, on all test users and on the LLM's sample; global mean; the LLM rows; comparisons with
+  SVD on the same users -> ``benchmarks/results/rating.{json,md}``,
   ``rating_per_user.csv``, ``rating_calibration.png``. Every test figure goes to the run log.
 
     python benchmarks/rating.py                         # all stages (about an hour on 2 CPU cores)
@@ -52,6 +54,18 @@ GRIDS = {
 NAMES = {"svd": "SVD (surprise)", "baseline": "Baseline estimates (surprise: mean + user/item biases)",
          "knn_baseline": "Item kNN on baseline residuals (surprise)"}  # fmt: skip
 LLM_ROWS = {"zero": "LLM rate, zero-shot SmolLM2-135M", "tuned": "LLM rate, fine-tuned SmolLM2-135M (LoRA)"}
+USERS = 300  # test users the LLM rows are scored on (sampled, seeded)
+
+
+def _sample(held, users: int):
+    """The held-out ratings of ``users`` test users sampled with ragrec's seeded sampler (all when fewer)."""
+    from ragrec.eval.llm import sample_users
+    from ragrec.eval.rating import HeldOutRatings
+
+    keep = set(sample_users(sorted(held.users), users))
+    idx = [j for j, u in enumerate(held.users) if u in keep]
+    return HeldOutRatings(held.split, [held.users[j] for j in idx], [held.items[j] for j in idx], held.ratings[idx],
+                          [held.histories[j] for j in idx], [held.history_ratings[j] for j in idx])  # fmt: skip
 
 
 def _log(msg: str) -> None:
@@ -74,14 +88,14 @@ def train() -> None:
     _log(f"trained in {res.train_seconds / 60:.1f} min, {res.steps} steps ({res.stop_reason})")
 
 
-def score(names: list[str]) -> None:
+def score(names: list[str], users: int) -> None:
     from tqdm.auto import tqdm
 
     from ragrec.eval.rating import held_out_ratings
     from ragrec.inference import Recommender, RecommenderConfig, load_model
 
     sc = llm_rank._scenario()
-    held = held_out_ratings(sc.data, S.TEST)
+    held = _sample(held_out_ratings(sc.data, S.TEST), users)
     loaded = load_model(MODEL)
     for name in names:
         out = WORK / f"llm_{name}.json"
@@ -111,7 +125,7 @@ def report() -> None:
     sc = llm_rank._scenario()
     data = sc.data
     held = held_out_ratings(data, S.TEST)
-    results, chosen = [], {}
+    results, chosen, raters, sample = [], {}, {}, None
     frame = data.interactions_frame()
     fit_frame = frame[frame[S.SPLIT].isin([S.TRAIN, S.VALID])]
     train_mean = float(fit_frame[S.RATING].mean())
@@ -120,7 +134,7 @@ def report() -> None:
     for algo, grid in GRIDS.items():
         start = time.perf_counter()
         params, tried = select_surprise(data, algo, grid)
-        rater = SurpriseRater(algo, params).fit(data, (S.TRAIN, S.VALID))
+        rater = raters[algo] = SurpriseRater(algo, params).fit(data, (S.TRAIN, S.VALID))
         res = rater.evaluate(held, NAMES[algo])
         res.info.update(trained_on="train+valid", valid_rmse=min(t["valid_rmse"] for t in tried),
                         fit_seconds=round(time.perf_counter() - start, 1))  # fmt: skip
@@ -133,15 +147,26 @@ def report() -> None:
             _log(f"{path} missing: row '{label}' left out (run --stages score)")
             continue
         got = json.loads(path.read_text())
-        if got["users"] != held.users:
-            raise SystemExit(f"{path}: users differ from the held-out test users; score again")
-        results.append(RatingResult(label, held.users, got["predicted"], held.ratings,
+        if sample is None:
+            sample = _sample(held, len(got["users"]))
+        if got["users"] != sample.users:
+            raise SystemExit(f"{path}: users differ from the sampled test users; score again")
+        results.append(RatingResult(label, sample.users, got["predicted"], sample.ratings,
                                     {"trained_on": "train" if name == "tuned" else "none (zero-shot)",
                                      "seconds_per_user": round(got["seconds"] / len(held.users), 3)}))  # fmt: skip
-    svd = next(r for r in results if r.system == NAMES["svd"])
-    comparisons = [compare_ratings(r, svd) for r in results if r is not svd]
-    if len(results) > 1 and all(r.system in LLM_ROWS.values() for r in results[-2:]):
-        comparisons.append(compare_ratings(results[-1], results[-2]))
+    full = [r for r in results if r.system not in LLM_ROWS.values()]
+    llm = [r for r in results if r.system in LLM_ROWS.values()]
+    svd = next(r for r in full if r.system == NAMES["svd"])
+    comparisons = [compare_ratings(r, svd) for r in full if r is not svd]
+    if llm:  # SVD and the global mean on the LLM's users, for paired comparisons there
+        svd_s = raters["svd"].evaluate(sample, f"{NAMES['svd']}, same {len(sample.users)} users")
+        svd_s.info["trained_on"] = "train+valid"
+        mean_s = RatingResult(f"Global mean rating, same {len(sample.users)} users", sample.users,
+                              np.full(len(sample.users), train_mean), sample.ratings, {"trained_on": "train+valid"})  # fmt: skip
+        comparisons += [compare_ratings(r, svd_s) for r in (*llm, mean_s)]
+        if len(llm) == 2:
+            comparisons.append(compare_ratings(llm[1], llm[0]))
+        results = full + [svd_s, mean_s] + llm
     config = {"dataset": "ml-100k (RecBole leave-one-out split)", "grids": GRIDS, "train": TRAIN, "model": MODEL}
     for r in results:
         m = r.metrics()
@@ -153,9 +178,9 @@ def report() -> None:
                "rows": [r.row() for r in results], "comparisons": comparisons, "chosen": chosen,
                "training": trained and {k: trained[k] for k in ("train_seconds", "steps", "stop_reason", "examples")}}  # fmt: skip
     atomic_write_text(RESULTS / "rating.json", json.dumps(payload, indent=2, default=str) + "\n")
-    lines = ["user_id,actual," + ",".join(f'"{r.system}"' for r in results)]
-    for k, u in enumerate(held.users):
-        lines.append(f"{u},{held.ratings[k]:g}," + ",".join(f"{r.predicted[k]:.4f}" for r in results))
+    lines = ["system,user_id,actual,predicted"]  # long form: the rows cover different users
+    for r in results:
+        lines += [f'"{r.system}",{u},{a:g},{p:.4f}' for u, a, p in zip(r.users, r.actual, r.predicted)]
     atomic_write_text(RESULTS / "rating_per_user.csv", "\n".join(lines) + "\n")
     _plot(results)
     md = _markdown(payload, results)
@@ -167,7 +192,8 @@ def _markdown(payload: dict, results) -> str:
     pv = payload["provenance"]
     md = ["# Rating prediction on ML-100K", "",
           f"`{pv['command']}` at commit {pv['commit']} on {pv['date']}. Every user's held-out test interaction "
-          "(RecBole leave-one-out split: the last one) and its 1-5 rating; 943 users. Surprise models: settings "
+          "(RecBole leave-one-out split: the last one) and its 1-5 rating; 943 users (the LLM rows: a seeded sample of "
+          "them, beside SVD and the global mean on the same users). Surprise models: settings "
           "chosen on validation RMSE (fitted on train, scored on the validation targets), then refit on train + "
           "valid. The LLM rows read each user's train + valid items with their ratings (the same information) and "
           "predict the expectation of the rating over the digit tokens; the fine-tuned adapter was trained on "
@@ -218,13 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rating prediction benchmark (see module docstring).")
     parser.add_argument("--stages", nargs="*", default=["train", "score", "report"], help="train, score, report")
     parser.add_argument("--systems", nargs="*", default=list(LLM_ROWS), help="LLM rows to score: zero, tuned")
+    parser.add_argument("--users", type=int, default=USERS, help="test users the LLM rows are scored on")
     args = parser.parse_args(argv)
     runlog.started()
     WORK.mkdir(parents=True, exist_ok=True)
     if "train" in args.stages:
         train()
     if "score" in args.stages:
-        score(args.systems)
+        score(args.systems, args.users)
     if "report" in args.stages:
         report()
 

@@ -155,3 +155,11 @@ def test_scenario_exclusions_cannot_be_lifted_by_a_request(rec):
         assert banned not in got.item_ids and "m0" not in got.item_ids
     finally:
         sc.config.rules = old
+
+
+def test_scenario_defaults_refuse_two_reorderings():
+    from ragrec.inference import ScenarioConfig
+
+    assert ScenarioConfig(name="x", long_tail=0.2, calibration=0.4).calibration == 0.4
+    with pytest.raises(ValidationError, match="set one of them"):
+        ScenarioConfig(name="x", diversity=0.3, calibration=0.3)
