@@ -93,4 +93,4 @@ def test_subpackage_apis_resolve():
     for module in (ragrec.retrieval, ragrec.eval, ragrec.inference, ragrec.prompts, ragrec.finetune):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
-    assert set(ragrec.retrieval.ENCODERS.names()) == {"ease", "hybrid", "popularity", "sasrec", "text"}
+    assert set(ragrec.retrieval.ENCODERS.names()) == {"ease", "hybrid", "mf", "popularity", "sasrec", "text"}
