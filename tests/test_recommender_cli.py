@@ -43,6 +43,12 @@ def test_recommend_with_rules_and_diversity(rec_dir):
     assert any("business rules removed" in n for n in res["notes"])
     code, _, err = run_cli("recommend", str(rec_dir), "--user", "u1", "--diversity", "3")
     assert code == 2 and "between 0 and 1" in err
+    code, out, err = run_cli("recommend", str(rec_dir), "--user", "u1", "-k", "3", "--json", "--long-tail", "0.5",
+                             "--calibration", "0.5", "--year-min", "1990")  # fmt: skip
+    assert code == 0, err
+    assert len(json.loads(out)["items"]) == 3
+    code, _, err = run_cli("recommend", str(rec_dir), "--user", "u1", "--diversity", "0.3", "--calibration", "0.3")
+    assert code == 2 and "set one of them" in err
 
 
 def test_explain_streams_and_chat_reads_stdin(rec_dir):
