@@ -48,12 +48,17 @@ def _tradeoff_plot(rows: list[dict]) -> bytes:
 
     from ragrec.eval.report import png_bytes
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    labels = {"diversity@10": "intra-list diversity@10", "coverage@10": "catalog coverage@10",
+              "novelty@10": "novelty@10 (bits)"}  # fmt: skip
+    panels = [k for k in labels if k in rows[0]][:2]  # diversity needs item categories; novelty stands in
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     base = rows[0]  # λ = 0: the start of every curve
-    for ax, key, label in ((axes[0], "diversity@10", "intra-list diversity@10"),
-                           (axes[1], "coverage@10", "catalog coverage@10")):  # fmt: skip
+    for ax, key in zip(axes[0], panels):
+        label = labels[key]
         for family, legend in FAMILIES.items():
             curve = [base] + [r for r in rows[1:] if r["system"].startswith(family)]
+            if len(curve) == 1:
+                continue
             ax.plot([r[key] for r in curve], [r["ndcg@10"] for r in curve], "o-", label=legend)
             for r in curve[1:]:
                 ax.annotate(r["system"].split("=")[1], (r[key], r["ndcg@10"]), fontsize=7)
@@ -103,13 +108,14 @@ def run(args) -> None:
         ]
     for w in WEIGHTS:
         systems[f"long tail w={w:g}"] = [long_tail(cl.retriever, popularity[cl.user_id], w) for cl in lists]
-    for w in WEIGHTS:
+    has_categories = any(sc.catalog[i].categories for cl in lists for i in cl.candidates)
+    for w in WEIGHTS if has_categories else ():  # without categories calibration and caps change nothing
         systems[f"calibration w={w:g}"] = [
             as_scores(calibrated(cl.retriever, [sc.catalog[i].categories for i in cl.candidates], mixes[cl.user_id],
                                  len(cl.candidates), w), len(cl.candidates))
             for cl in lists
         ]  # fmt: skip
-    for cap in CAPS:
+    for cap in CAPS if has_categories else ():
         systems[f"cap {cap} per category"] = [
             as_scores(capped(list(np.argsort(-cl.retriever, kind="stable")),
                              [sc.catalog[i].categories for i in cl.candidates], cap, 10), len(cl.candidates))
@@ -134,6 +140,14 @@ def run(args) -> None:
         f"Test runs of this benchmark in results/test_runs.jsonl: {runs}. Command: `{extra['command']}`.",
         "diversity@10: mean pairwise 1 - Jaccard of the items' categories; coverage@10: share of the catalog "
         "recommended to anyone; novelty@10: mean self-information in bits.",
+        *(
+            []
+            if has_categories
+            else [
+                "The items have no categories here: calibration and category caps would change "
+                "nothing, so they are not run; diversity@10 needs categories too."
+            ]
+        ),
         "With a category cap, recommend() returns only the items the cap allows (possibly fewer than 10); here the "
         "candidates it leaves out follow in the retriever's order, so every list has 10 items and the rows compare.",
     ]
