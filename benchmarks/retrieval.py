@@ -320,7 +320,8 @@ def run_mf(name: str) -> dict:
                             "ratio": round(res.metrics()["ndcg@10"] / other.metrics()["ndcg@10"], 4)})  # fmt: skip
     rows = []
     for system, res in results.items():
-        rows.append({**res.row(), "trained_on": trained_on(system), "candidate_recall@20": res.row()["recall@20"]})
+        row = res.row()
+        rows.append({**row, "trained_on": trained_on(system), "candidate_recall@20": row["recall@20"]})
     return {"dataset": name, "rows": rows, "info": info, "comparisons": comparisons,
             "curves": {s: recall_curve(r.ranks).round(6).tolist() for s, r in results.items()},
             "ranks": {s: [None if math.isinf(x) else int(x) for x in r.ranks] for s, r in results.items()},

@@ -49,25 +49,42 @@ def select_ease(
     """Recency EASE fitted on the train split with the (l2, decay) of the grids that scores the
     best validation NDCG@10 (full ranking, history masked; first best on ties). Returns the
     encoder and a report ``{"l2", "decay", "valid_ndcg@10", "valid_users", "grid": [...]}``."""
-    from ragrec.eval.llm import sample_users
-    from ragrec.eval.protocol import evaluate_encoder
     from ragrec.retrieval import EASEConfig, EASEEncoder
 
+    def fit(params: dict) -> EASEEncoder:
+        return EASEEncoder.fit(data, EASEConfig(**params), splits=(S.TRAIN,))
+
+    def with_decay(base: EASEEncoder, decay: float) -> EASEEncoder:
+        return EASEEncoder(base.item_ids, base.weights, base.config.model_copy(update={"decay": decay}))
+
+    grid = [{"l2": l2} for l2 in l2_grid]
+    return _select_on_valid(data, grid, fit, with_decay, decays, ("l2", "decay"), max_users, progress, "EASE l2 grid")
+
+
+def _select_on_valid(data, grid, fit, with_decay, decays, keys, max_users: int, progress: bool, desc: str):
+    """The encoder of ``grid`` x ``decays`` with the best validation NDCG@10 (full ranking, history
+    masked, on up to ``max_users`` sampled validation users; first best on ties): ``fit(params)``
+    trains once per setting, ``with_decay(encoder, decay)`` only changes its query. Returns it and a
+    report of its config's ``keys``, the figure, the users and every setting tried."""
+    from ragrec.eval.llm import sample_users
+    from ragrec.eval.protocol import evaluate_encoder
+
     users = sample_users(sorted(data.target_sets(S.VALID)), max_users)
-    best, grid = None, []
-    for l2 in tqdm(l2_grid, desc="EASE l2 grid", disable=not progress, leave=False):
-        base = EASEEncoder.fit(data, EASEConfig(l2=l2), splits=(S.TRAIN,))
+    best, tried = None, []
+    for params in tqdm(grid, desc=desc, disable=not progress, leave=False):
+        base = fit(params)
         for decay in decays:
-            enc = EASEEncoder(base.item_ids, base.weights, EASEConfig(l2=l2, decay=decay))
+            enc = with_decay(base, decay)
             ndcg = evaluate_encoder(enc, data, split=S.VALID, users=users, list_k=0).metrics((10,))["ndcg@10"]
-            grid.append({"l2": l2, "decay": decay, "valid_ndcg@10": round(ndcg, 6)})
+            tried.append({**params, "decay": decay, "valid_ndcg@10": round(ndcg, 6)})
             if best is None or ndcg > best[0]:
                 best = (ndcg, enc)
-    assert best is not None
+    if best is None:
+        raise RagrecError("empty settings grid")
     ndcg, enc = best
-    report = {"l2": enc.config.l2, "decay": enc.config.decay, "valid_ndcg@10": round(ndcg, 6),
-              "valid_users": len(users), "grid": grid}  # fmt: skip
-    return enc, report
+    chosen = enc.config.model_dump()
+    return enc, {**{k: chosen[k] for k in keys}, "valid_ndcg@10": round(ndcg, 6), "valid_users": len(users),
+                 "grid": tried}  # fmt: skip
 
 
 def select_mf(
@@ -82,26 +99,17 @@ def select_mf(
     """ALS or BPR (``implicit``) fitted on the train split with the settings of ``grid`` (default
     :data:`MF_GRIDS`) and fold-in decay that score the best validation NDCG@10 (full ranking, history
     masked; first best on ties). Returns the encoder and a report like :func:`select_ease`'s."""
-    from ragrec.eval.llm import sample_users
-    from ragrec.eval.protocol import evaluate_encoder
     from ragrec.retrieval.mf import MFConfig, MFEncoder
 
-    users = sample_users(sorted(data.target_sets(S.VALID)), max_users)
-    best, tried = None, []
-    for params in tqdm(grid or MF_GRIDS[algorithm], desc=f"{algorithm} grid", disable=not progress, leave=False):
-        base = MFEncoder.fit(data, MFConfig(algorithm=algorithm, **params), splits=(S.TRAIN,))
-        for decay in decays:
-            enc = MFEncoder(base.item_ids, base.factors, base.config.model_copy(update={"decay": decay}))
-            ndcg = evaluate_encoder(enc, data, split=S.VALID, users=users, list_k=0).metrics((10,))["ndcg@10"]
-            tried.append({**params, "decay": decay, "valid_ndcg@10": round(ndcg, 6)})
-            if best is None or ndcg > best[0]:
-                best = (ndcg, enc)
-    assert best is not None
-    ndcg, enc = best
-    report = {**{k: v for k, v in enc.config.model_dump().items() if k in ("algorithm", "factors", "regularization",
-              "alpha", "learning_rate", "iterations", "decay")}, "valid_ndcg@10": round(ndcg, 6),
-              "valid_users": len(users), "grid": tried}  # fmt: skip
-    return enc, report
+    def fit(params: dict) -> MFEncoder:
+        return MFEncoder.fit(data, MFConfig(algorithm=algorithm, **params), splits=(S.TRAIN,))
+
+    def with_decay(base: MFEncoder, decay: float) -> MFEncoder:
+        return MFEncoder(base.item_ids, base.factors, base.config.model_copy(update={"decay": decay}))
+
+    keys = ("algorithm", "factors", "regularization", "alpha", "iterations", "learning_rate", "decay")
+    return _select_on_valid(data, grid or MF_GRIDS[algorithm], fit, with_decay, decays, keys, max_users, progress,
+                            f"{algorithm} grid")  # fmt: skip
 
 
 def resolve_retriever(name: str, n_items: int) -> str:

@@ -144,8 +144,9 @@ class ScenarioConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_reorder(self) -> ScenarioConfig:
-        if self.diversity > 0 and self.calibration > 0:
-            raise ValueError("diversity and calibration both re-order the list; set one of them")
+        problem = _Shaping(self.diversity, self.long_tail, self.calibration).problem()
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -163,12 +164,19 @@ class _Shaping:
         c = sc.config
         out = cls(c.diversity if diversity is None else diversity, c.long_tail if long_tail is None else long_tail,
                   c.calibration if calibration is None else calibration)  # fmt: skip
-        for name, value in vars(out).items():
-            if not 0 <= value <= 1:
-                raise RagrecError(f"{name} must be between 0 and 1, got {value}")
-        if out.diversity > 0 and out.calibration > 0:
-            raise RagrecError("diversity and calibration both re-order the list; set one of them")
+        problem = out.problem()
+        if problem:
+            raise RagrecError(problem)
         return out
+
+    def problem(self) -> str | None:
+        """What is wrong with these values (each 0-1; diversity and calibration not both), or None."""
+        for name, value in vars(self).items():
+            if not 0 <= value <= 1:
+                return f"{name} must be between 0 and 1, got {value}"
+        if self.diversity > 0 and self.calibration > 0:
+            return "diversity and calibration both re-order the list; set one of them"
+        return None
 
 
 def _rules(rules: ListRules | None, fields: Mapping[str, Any]) -> ListRules | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from scipy import sparse
 
-from ragrec.errors import CacheError
+from ragrec.errors import CacheError, RagrecError
 from ragrec.io import atomic_directory, atomic_write_text, read_json_meta, sha256_file
 from ragrec.registry import Registry
 
-__all__ = ["Encoder", "ENCODERS", "load_encoder"]
+__all__ = ["Encoder", "ENCODERS", "load_encoder", "interaction_matrix"]
 
 ENCODERS: Registry[type[Encoder]] = Registry("encoder")
 _CONFIG = "encoder.json"
@@ -135,6 +136,19 @@ class Encoder(ABC):
             }
             atomic_write_text(staging / _CONFIG, json.dumps(meta) + "\n")
         return path
+
+
+def interaction_matrix(item_ids: Sequence[str], sequences: Iterable[Sequence[str]]) -> sparse.csr_matrix:
+    """The binary (users, items) float32 matrix of users' item sequences over the catalog ``item_ids``
+    (one row per sequence, in order; repeats count once). Items outside ``item_ids`` raise."""
+    index = {i: k for k, i in enumerate(item_ids)}
+    users = [set(seq) for seq in sequences]
+    unknown = {i for u in users for i in u} - index.keys()
+    if unknown:
+        raise RagrecError(f"{len(unknown)} item(s) outside the catalog, e.g. {sorted(unknown)[:3]}")
+    rows = np.array([(r, index[i]) for r, u in enumerate(users) for i in sorted(u)], dtype=np.int64).reshape(-1, 2)
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows[:, 0], rows[:, 1])),
+                             shape=(len(users), len(index)))  # fmt: skip
 
 
 def load_encoder(path: str | PathLike[str]) -> Encoder:

@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import sparse
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
-from ragrec.retrieval.base import ENCODERS, Encoder
+from ragrec.retrieval.base import ENCODERS, Encoder, interaction_matrix
 
 __all__ = ["EASEConfig", "EASEEncoder"]
 
@@ -64,17 +63,8 @@ class EASEEncoder(Encoder):
         n = len(item_ids)
         if n > config.max_items:
             raise RagrecError(f"EASE needs a dense {n} x {n} matrix; the limit is max_items={config.max_items}")
-        index = {i: k for k, i in enumerate(item_ids)}
-        users = [set(seq) for seq in sequences]
-        unknown = {i for u in users for i in u} - index.keys()
-        if unknown:
-            raise RagrecError(f"{len(unknown)} item(s) outside the catalog, e.g. {sorted(unknown)[:3]}")
-        rows = [(r, index[i]) for r, u in enumerate(users) for i in u]
-        gram = config.l2 * torch.eye(n, dtype=torch.float64)  # (N, N)
-        if rows:  # X^T X from the sparse (users, items) matrix: a dense X would be users x items floats
-            r, c = np.array(rows).T
-            x = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(users), n))
-            gram += torch.from_numpy((x.T @ x).toarray())
+        x = interaction_matrix(item_ids, sequences).astype(np.float64)  # a dense X would be users x items floats
+        gram = config.l2 * torch.eye(n, dtype=torch.float64) + torch.from_numpy((x.T @ x).toarray())  # (N, N)
         p = torch.cholesky_inverse(torch.linalg.cholesky(gram))  # gram is symmetric positive definite
         b = -p / torch.diag(p)[None, :]
         b.fill_diagonal_(0.0)

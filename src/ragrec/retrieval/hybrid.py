@@ -81,7 +81,11 @@ class HybridEncoder(Encoder):
         return 1.0 / np.sqrt(np.maximum(var, 1e-12))
 
     def item_embeddings(self) -> np.ndarray:
-        return np.hstack([self._items_of(i) * np.sqrt(w) for i, w in enumerate(self.weights)]).astype(np.float32)
+        return self.item_rows(range(len(self.item_ids)))
+
+    def item_rows(self, rows: Sequence[int]) -> np.ndarray:
+        rows = list(rows)
+        return np.hstack([self._items_of(i)[rows] * np.sqrt(w) for i, w in enumerate(self.weights)]).astype(np.float32)
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         blocks = []

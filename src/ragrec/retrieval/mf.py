@@ -25,12 +25,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import sparse
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
-from ragrec.retrieval.base import ENCODERS, Encoder
+from ragrec.retrieval.base import ENCODERS, Encoder, interaction_matrix
 
 __all__ = ["MFConfig", "MFEncoder"]
 
@@ -121,16 +120,9 @@ class MFEncoder(Encoder):
 
         config = config or MFConfig()
         item_ids = list(item_ids)
-        index = {i: k for k, i in enumerate(item_ids)}
-        users = [set(seq) for seq in sequences]
-        unknown = {i for u in users for i in u} - index.keys()
-        if unknown:
-            raise RagrecError(f"{len(unknown)} item(s) outside the catalog, e.g. {sorted(unknown)[:3]}")
-        rows = [(r, index[i]) for r, u in enumerate(users) for i in sorted(u)]
-        if not rows:
+        matrix = interaction_matrix(item_ids, sequences)
+        if not matrix.nnz:
             raise RagrecError("no interactions to factorise")
-        r, c = np.array(rows).T
-        matrix = sparse.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(users), len(item_ids)))
         with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads inside them oversubscribe
             model = _model(config)
             model.fit(matrix, show_progress=progress)
