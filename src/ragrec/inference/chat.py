@@ -320,6 +320,26 @@ class ChatSession:
             self.shown, self.subject = list(ids), list(ids[:1])
         return turn
 
+    def record(self, question: str, answer: str) -> ChatAnswer:
+        """Take an earlier turn of this conversation as given, without a model call: a stateless
+        client (the OpenAI chat API) sends the whole conversation every time. The items the answer
+        names, in order, become the list "the first one" refers to; the turn is checked like a
+        fresh answer (``grounding``) and noted as replayed."""
+        sc = self.scenario
+        q = sanitize(clean_text(question) or "", self.recommender.budget.max_user_chars)
+        cited = [i for i in sc.matcher.cited(answer) if i in sc.catalog]
+        items = tuple(
+            RankedItem(i, 1.0 / r, r, None, None, e) for r, (i, e) in enumerate(zip(cited, self._evidence(cited)), 1)
+        )
+        grounding = sc.matcher.check(
+            answer, set(self.history.item_ids) | set(cited), history=list(self.history.item_ids)
+        )
+        turn = ChatAnswer(q, answer, items, answer, grounding, None, ("replayed from the conversation sent",))
+        self.turns.append(turn)
+        if cited:
+            self.shown, self.subject = cited, cited[:1]
+        return turn
+
     def _evidence(self, ids: Sequence[str]) -> list[tuple[Evidence, ...]]:
         n = self.recommender.config.evidence
         if not ids or not n or not self.history.item_ids:

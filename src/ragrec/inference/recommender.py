@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
+from ragrec.data.text import render_item_text
 from ragrec.errors import CacheError, RagrecError, UnknownNameError
 from ragrec.inference.adapters import META as ADAPTER_META
 from ragrec.inference.adapters import check_adapter
@@ -73,6 +74,8 @@ FORMAT_VERSION = 1
 PARTS = "parts.json"  # per scenario: the templates, adapter and text encoder it was saved with
 RECOMMEND_TASKS = ("rank", "generate")
 RULES_DEPTH = 5  # with business rules, retrieve up to this many times the candidates to refill the list
+RRF_K = 60  # reciprocal-rank fusion constant of ``search`` (Cormack et al. 2009)
+SEARCH_POOL = 200  # items taken from each source before ``search`` fuses them
 
 
 class RecommenderConfig(BaseModel):
@@ -208,6 +211,7 @@ class Scenario:
     templates: TemplateRegistry = field(default_factory=TemplateRegistry)
     adapter: Path | None = None
     reranker: Reranker | None = None  # the learning-to-rank stage (ragrec.finetune.ltr); replaces the fusion
+    _updates: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -253,6 +257,62 @@ class Scenario:
             return self.catalog[item_id]
         except KeyError:
             raise RagrecError(_unknown_items([item_id], self)) from None
+
+    # ------------------------------------------------------------------ live updates (feedback)
+    def add_interactions(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        timestamps: Sequence[int],
+        ratings: Sequence[float | None] | None = None,
+    ) -> UserHistory:
+        """Add interactions of ``user_id`` (known or new) to the histories this scenario serves
+        from, at once: the next request of that user retrieves from, excludes and prompts with the
+        new history. Every item must be in the catalog (``add_items`` first for new ones); the
+        merged history stays in time order (equal timestamps: older entries first). The saved
+        folder is not changed (the service keeps feedback in its own database and replays it)."""
+        if len(timestamps) != len(item_ids) or (ratings is not None and len(ratings) != len(item_ids)):
+            raise RagrecError("item_ids, timestamps and ratings must have the same length")
+        unknown = [i for i in item_ids if i not in self.catalog]
+        if unknown:
+            raise RagrecError(_unknown_items(unknown, self))
+        with self._updates:
+            old = self.histories.get(user_id) or UserHistory(user_id, ())
+            n = len(old)
+            rows = list(zip(old.item_ids, old.timestamps or [None] * n, old.ratings or [None] * n))
+            rows += zip(item_ids, (int(t) for t in timestamps), ratings or [None] * len(item_ids))
+            if all(t is not None for _, t, _ in rows):
+                rows.sort(key=lambda r: r[1])  # stable: equal timestamps keep the older entry first
+            ids, times, rates = (tuple(col) for col in zip(*rows))
+            merged = UserHistory(user_id, ids, times if None not in times else (), rates)
+            self.histories[user_id] = merged
+            self.retriever.histories[user_id] = list(ids)
+        return merged
+
+    def add_items(self, items: Sequence[Item]) -> list[str]:
+        """Add new catalog items (ids not in the catalog yet), at once: they can be named in
+        feedback and histories, chat and text search find them (the scenario's text encoder embeds
+        them), and a scenario whose retriever is the text encoder retrieves them for users (they
+        join its FAISS index). Other retrievers score them after a retrain, once they have
+        interactions. Returns the ids added."""
+        ids = [it.item_id for it in items]
+        known = [i for i in ids if i in self.catalog]
+        if known or len(set(ids)) != len(ids):
+            raise RagrecError(f"item ids already in the catalog of {self.name!r} or repeated: {(known or ids)[:10]}")
+        with self._updates:
+            texts = {it.item_id: render_item_text(it) for it in items}
+            if self.text is not None:
+                self.text.add_items(texts)
+            encoder = self.retriever.encoder
+            if isinstance(encoder, TextEncoder) and encoder is not self.text:
+                encoder.add_items(texts)
+            if isinstance(encoder, TextEncoder):
+                self.retriever.index.add(ids, encoder.item_rows(encoder.indices(ids)))
+            for it in items:
+                self.catalog[it.item_id] = it
+            for cached in ("matcher", "categories", "priors"):  # rebuilt from the grown catalog on next use
+                self.__dict__.pop(cached, None)
+        return ids
 
 
 def _unknown_items(ids: Sequence[str], sc: Scenario) -> str:
@@ -601,6 +661,55 @@ class Recommender:
         return self.recommend_batch(users, histories=None if history is None else [history], scenario=scenario,
                                     k=k, task=task, diversity=diversity, rules=rules, long_tail=long_tail,
                                     calibration=calibration, **rule_fields)[0]  # fmt: skip
+
+    def search(
+        self,
+        query: str,
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        scenario: str | None = None,
+        k: int = 10,
+    ) -> Recommendation:
+        """Catalog items for a free-text ``query``, found by the scenario's text encoder over the
+        whole catalog (items added since training included). With a user (``user_id`` or
+        ``history``) the text ranks are fused with the retriever's ranks for that user
+        (reciprocal-rank fusion) and items they have seen are left out. Scores: cosine similarity
+        to the query, or the fused score. No LLM call."""
+        from ragrec.data.text import clean_text
+        from ragrec.prompts import sanitize
+
+        sc = self.scenario(scenario)
+        if sc.text is None:
+            raise RagrecError(f"scenario {sc.name!r} has no text encoder; text search needs one")
+        text = clean_text(query)
+        if not text:
+            raise RagrecError("empty search query")
+        if not 1 <= k <= MAX_K:
+            raise RagrecError(f"k must be between 1 and {MAX_K}, got {k}")
+        q = sanitize(text, self.budget.max_user_chars)
+        notes = (
+            (f"query cut from {len(text)} to {self.budget.max_user_chars} characters",) if len(text) > len(q) else ()
+        )
+        cosine = sc.text.encode_text([q])[0] @ sc.text.vectors.T  # (N,) similarity of every item to the query
+        order = [sc.text.item_ids[j] for j in np.argsort(-cosine, kind="stable") if sc.text.item_ids[j] in sc.catalog]
+        req = None if user_id is None and history is None else self._request(sc, user_id, history)
+        if req is None:
+            by_id = dict(zip(sc.text.item_ids, cosine.tolist()))
+            items = tuple(RankedItem(i, float(by_id[i]), r) for r, i in enumerate(order[:k], 1))
+            return Recommendation(None, sc.name, "search", items, None, notes)
+        seen = set(req.history.item_ids)
+        pool = min(SEARCH_POOL, len(sc.retriever.index))
+        fused: dict[str, float] = {}
+        for rank, i in enumerate([i for i in order if i not in seen][:pool], 1):
+            fused[i] = 1.0 / (RRF_K + rank)
+        if req.fallback is None and req.history.item_ids:
+            for c in self._retrieve(sc, [req], pool)[0]:
+                fused[c.item_id] = fused.get(c.item_id, 0.0) + 1.0 / (RRF_K + c.rank)
+        ranked = sorted(fused, key=lambda i: -fused[i])[:k]
+        ev = self.evidence(sc, req, ranked)
+        items = tuple(RankedItem(i, fused[i], r, None, None, e) for r, (i, e) in enumerate(zip(ranked, ev), 1))
+        return Recommendation(req.user_id, sc.name, "search", items, req.fallback, notes)
 
     def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
         gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)
