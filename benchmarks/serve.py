@@ -38,11 +38,11 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build_recommender(path: Path | None, candidates: int):
+def build_recommender(path: Path | None, candidates: int, batch_size: int = 8):
     from ragrec.inference import Recommender, RecommenderConfig
 
     if path is not None:
-        rec = Recommender.from_pretrained(path, candidates=candidates)
+        rec = Recommender.from_pretrained(path, candidates=candidates, batch_size=batch_size)
     else:
         from ragrec.data import pull
         from ragrec.pipeline import build_scenario
@@ -51,7 +51,7 @@ def build_recommender(path: Path | None, candidates: int):
         scenario = build_scenario(data, "movies", item_noun="movie", encoder="ease", text=False, progress=False)
         from ragrec.inference import load_model
 
-        config = RecommenderConfig(candidates=candidates)
+        config = RecommenderConfig(candidates=candidates, batch_size=batch_size)
         rec = Recommender(load_model(config.model, device="cpu"), [scenario], config)
     for sc in rec.scenarios.values():  # every request must run the LLM
         sc.reranker = None
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--n", type=int, default=10, help="List length per request.")
     ap.add_argument("--candidates", type=int, default=20)
-    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=16, help="Most requests per model call (micro-batching).")
+    ap.add_argument("--llm-batch-size", type=int, default=8, help="Prompts per forward pass (RecommenderConfig).")
     ap.add_argument("--window-ms", type=float, default=10.0)
     ap.add_argument("--max-seconds", type=float, default=600.0, help="Per mode.")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     from ragrec.serve import ServeSettings, create_app, serve_in_background
 
     _log("building the recommender")
-    rec = build_recommender(args.recommender, args.candidates)
+    rec = build_recommender(args.recommender, args.candidates, args.llm_batch_size)
     sc = rec.scenario()
     users = list(np.random.default_rng(0).choice(sorted(sc.histories), size=args.requests, replace=True))
     rec.recommend(users[0], k=args.n)  # warm up (first-call allocations, tokenizer caches)

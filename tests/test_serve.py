@@ -382,3 +382,25 @@ def test_micro_batching_forms_batches_and_matches_single_calls(loaded):
     assert got == single
     count = float(next(ln for ln in sizes.splitlines() if ln.startswith("ragrec_batch_size_count")).split()[-1])
     assert count < 4  # four requests, fewer model calls
+
+
+def test_retrain_command_and_its_bad_input(loaded, tiny_lm_dir, tmp_path):
+    from conftest import run_cli
+
+    path = saved_deployment(loaded, tiny_lm_dir, tmp_path)
+    store = Deployment(path).open_store()
+    store.add_interactions([("movies", "late", "m3", 5, 4.0), ("movies", "late", "m7", 6, None)])
+    store.close()
+    code, out, err = run_cli("retrain", str(path))
+    assert code == 0, err
+    version = json.loads(out)
+    assert version["version"] == "v000002" and version["interactions_through"] == 2
+    saved = Recommender.from_pretrained(version["path"], loaded=loaded, embedder=hash_embedder)
+    assert saved.scenario().histories["late"].item_ids == ("m3", "m7")
+    assert json.loads((Path(f"{path}-state") / "current.json").read_text())["version"] == "v000002"
+    code, _, err = run_cli("retrain", str(tmp_path))
+    assert code == 2 and "not a saved recommender" in err
+    (tmp_path / "bad-state").mkdir()
+    (tmp_path / "bad-state" / "feedback.sqlite3").write_bytes(b"this is not a database" * 100)
+    code, _, err = run_cli("retrain", str(path), "--state", str(tmp_path / "bad-state"))
+    assert code == 2 and "not a ragrec feedback database" in err

@@ -100,13 +100,18 @@ class LetterRanker:
 
     @torch.no_grad()
     def label_scores(self, texts: Sequence[str], labels: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Log-probability of each label token at the answer position, per prompt."""
+        """Log-probability of each label token at the answer position, per prompt (in input order).
+
+        Prompts are batched by token length (shortest first), so a batch pads little: padded
+        positions cost as much compute as real ones."""
         tok, model = self.loaded.tokenizer, self.loaded.model
         device = next(model.parameters()).device
-        out: list[np.ndarray] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start : start + self.batch_size])
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        lengths = [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out: list[np.ndarray | None] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            enc = tok([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             if enc["input_ids"].shape[1] > self.budget.max_tokens:
                 raise RagrecError(
                     f"prompt of {enc['input_ids'].shape[1]} tokens exceeds the budget of {self.budget.max_tokens}"
@@ -115,10 +120,10 @@ class LetterRanker:
                 model(**enc, logits_to_keep=1).logits[:, -1, :].float()
             )  # (B, V): left padding puts every answer last
             logp = torch.log_softmax(logits, dim=-1)
-            for row, labs in enumerate(labels[start : start + self.batch_size]):
-                ids = torch.tensor(self.label_ids(labs), device=device)
-                out.append(logp[row, ids].cpu().numpy())  # (C,)
-        return out
+            for row, i in enumerate(rows):
+                ids = torch.tensor(self.label_ids(labels[i]), device=device)
+                out[i] = logp[row, ids].cpu().numpy()  # (C,)
+        return out  # type: ignore[return-value]
 
     def rank(
         self,
