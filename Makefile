@@ -36,7 +36,7 @@ lint: $(STAMP)
 # Regenerate the lock from pyproject.toml's ranges (Python 3.10-3.12+, any platform; markers pick
 # per version). Needs the package index; commit the result.
 lock: $(STAMP)
-	$(PY) -m uv pip compile pyproject.toml lock/torch-deps.in --extra dev --extra langchain \
+	$(PY) -m uv pip compile pyproject.toml lock/torch-deps.in --extra dev --extra langchain --extra ray \
 		--override lock/overrides.txt --no-emit-package torch \
 		--universal --python-version 3.10 --quiet -o $(LOCK)
 

@@ -79,7 +79,7 @@ def register(ft_dir: Path, model: str) -> Path:
     """A servable recommender folder: the ML-100K scenario with its trained adapter (the Games
     scenario of ``finetune_games.py`` is added to it with ``ragrec finetune --add-to``)."""
     from ragrec.inference import RecommenderConfig
-    from ragrec.inference.recommender import save_recommender
+    from ragrec.inference.persistence import save_recommender
 
     sc = llm_rank._scenario()
     sc.adapter = ft_dir / "adapter"

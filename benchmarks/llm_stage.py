@@ -45,7 +45,7 @@ def _prompt_tokens(rec, sc, lists) -> float:
     from ragrec.inference.rank import LetterRanker
 
     ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
-    texts, _ = ranker.prompts([rec._items(sc, cl.history) for cl in lists],
+    texts, _ = ranker.prompts([rec.history_items(sc, cl.history) for cl in lists],
                               [[sc.catalog[i] for i in cl.candidates] for cl in lists], sc.config.item_noun)  # fmt: skip
     return float(np.mean([len(rec.loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]))
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import movie_data, run_cli, tiny_scenario
 from ragrec.errors import CacheError
 from ragrec.inference import RecommenderConfig, save_recommender
-from ragrec.inference.recommender import load_parts
+from ragrec.inference.persistence import load_parts
 from test_finetune import _csvs
 
 

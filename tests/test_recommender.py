@@ -263,3 +263,23 @@ def test_from_pretrained_refuses_broken_folders(tmp_path, loaded):
     with pytest.raises(Exception, match="extra|quantization"):
         rec2 = rec.save_pretrained(tmp_path / "rec2")
         Recommender.from_pretrained(rec2, loaded=loaded, quantisation="4bit")
+
+
+def test_config_is_frozen_and_a_new_one_rebuilds_what_depends_on_it(loaded):
+    from pydantic import ValidationError
+
+    rec = Recommender(loaded, [tiny_scenario()], RecommenderConfig(candidates=6, batch_size=4))
+    rec.recommend("u1", k=3)
+    assert rec._rankers["movies"].batch_size == 4 and rec.budget.max_tokens == 2048
+    with pytest.raises(ValidationError, match="frozen"):
+        rec.config.max_tokens = 512  # used to be silently ignored by the cached budget
+    rec.config = rec.config.model_copy(update={"max_tokens": 512, "batch_size": 2})
+    assert rec.budget.max_tokens == 512 and not rec._rankers
+    rec.recommend("u1", k=3)
+    assert rec._rankers["movies"].batch_size == 2
+    with pytest.raises(ValidationError, match="candidates"):
+        rec.config = rec.config.model_copy(update={"candidates": 0})  # validated although model_copy does not
+    assert rec.config.candidates == 6
+    sc = rec.scenario()
+    with pytest.raises(ValidationError, match="diversity and calibration"):
+        sc.config.diversity, sc.config.calibration = 0.3, 0.5  # scenario settings are checked on assignment

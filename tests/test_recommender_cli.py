@@ -93,8 +93,8 @@ def test_eval_llm_writes_a_report(rec_dir, tmp_path):
 
 def test_demo_runs_end_to_end_on_a_tiny_model(tiny_lm_dir, tmp_path):
     from conftest import hash_embedder, walking_data
+    from ragrec.demo import run_demo
     from ragrec.inference import Recommender, load_model
-    from ragrec.pipeline import run_demo
 
     folder = walking_data().save(tmp_path / "movies")
     lines: list[str] = []

@@ -171,7 +171,7 @@ def test_training_starts_at_the_fusion_and_serves_the_same_sum(tiny_lm_dir, tmp_
     shown = [[sc.catalog[cl.candidates[j]] for j in order]]
     ranker = rec._rankers[sc.name]
     with rec.use(served):
-        raw = ranker.label_scores(*ranker.prompts([rec._items(sc, cl.history)], shown, "movie"))[0]
+        raw = ranker.label_scores(*ranker.prompts([rec.history_items(sc, cl.history)], shown, "movie"))[0]
     np.testing.assert_allclose(llm[order], raw, rtol=1e-5, atol=1e-6)
     # recommend() reads the priors of every known interaction (a served scenario's), not the train split's
     rows = served.priors.features(cl.history, cl.candidates, cl.retriever, llm, residual.names, residual.max_history)

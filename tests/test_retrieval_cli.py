@@ -68,6 +68,11 @@ def test_cli_train_index_query_eval(ml100k_dir, tmp_path):
     assert (
         run_cli("retriever", "train", str(data_dir), "--encoder", "popularity", "--out", str(tmp_path / "pop"))[0] == 0
     )
+    code, out, err = run_cli("retriever", "train", str(data_dir), "--encoder", "ease", "--out", str(tmp_path / "ease"),
+                             "--set", "l2=50")  # fmt: skip
+    assert code == 0, err  # every registered trainer is a CLI choice (EASE used to be refused)
+    code, _, err = run_cli("retriever", "train", str(data_dir), "--encoder", "knn", "--out", str(tmp_path / "k"))
+    assert code == 2 and "unknown encoder 'knn'; valid: als, bpr, ease, hybrid, popularity, sasrec, text" in err
     code, out, err = run_cli("index", "build", str(tmp_path / "sas"), str(data_dir), "--out", str(tmp_path / "r"))
     assert code == 0, err
     code, out, err = run_cli("retriever", "query", str(tmp_path / "r"), "--user", "1", "--user", "404", "--k", "3")
@@ -85,3 +90,11 @@ def test_cli_train_index_query_eval(ml100k_dir, tmp_path):
         "retriever", "train", str(data_dir), "--encoder", "sasrec", "--out", str(tmp_path / "x"), "--set", "hiden=3"
     )
     assert code == 2 and "hiden" in err and "Traceback" not in err
+
+
+def test_cli_encoder_help_lists_the_registered_trainers():
+    from ragrec.cli.retrieval import ENCODER_KINDS
+    from ragrec.pipeline import SCENARIO_RETRIEVERS, TRAINERS
+
+    assert sorted(ENCODER_KINDS.split(" | ")) == TRAINERS.names()
+    assert set(SCENARIO_RETRIEVERS) == {"auto"} | {n for n in TRAINERS.names() if TRAINERS.get(n).scenario}

@@ -1,27 +1,25 @@
-"""Assembling a servable scenario from a prepared dataset, and the README's demo.
+"""Assembling a servable scenario from a prepared dataset.
 
 ``build_scenario`` trains a fast retriever (recency-weighted EASE: seconds on ML-100K, within a
-few percent of SASRec there), indexes it, and optionally embeds item texts for chat.
-``run_demo`` is ``make demo``: ML-100K + the default model, recommendations with explanations
-for a few users, and a small evaluation table (retriever vs retriever + zero-shot LLM).
+few percent of SASRec there; or the one asked for, settings chosen on validation), indexes it,
+and optionally embeds item texts for chat. The demo built on it is :mod:`ragrec.demo`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from ragrec import schema as S
 from ragrec.data.dataset import InteractionData
 from ragrec.errors import RagrecError
+from ragrec.registry import Registry
 
-__all__ = ["build_scenario", "run_demo", "DemoReport", "SCENARIO_RETRIEVERS", "resolve_retriever", "select_ease",
-           "select_mf", "MF_GRIDS"]  # fmt: skip
-
-SCENARIO_RETRIEVERS = ("auto", "ease", "sasrec", "als", "bpr", "popularity")
+__all__ = ["build_scenario", "SCENARIO_RETRIEVERS", "resolve_retriever", "select_ease", "select_mf", "MF_GRIDS",
+           "Trainer", "TRAINERS"]  # fmt: skip
 # The grid a scenario's EASE retriever is chosen from on validation (l2 fits once each; decay only
 # weighs the query). On ML-100K's RecBole split it picks l2 300, decay 0.9 (benchmarks/results/retrieval.md).
 EASE_L2_GRID = (100.0, 300.0, 1000.0, 3000.0)
@@ -112,6 +110,84 @@ def select_mf(
                             f"{algorithm} grid")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """How an encoder is trained under a name (``ragrec retriever train --encoder NAME``, a
+    scenario's ``retriever:``): ``fit(data, config, **options)`` with given settings (``config``:
+    an instance of ``config_model``, or ``None`` for its defaults) returns the encoder and a report;
+    ``select(data, progress=...)``, when there is one, chooses the settings on validation (used when
+    none are given). ``fixed`` are settings the name implies (``als``: ``algorithm=als``);
+    ``section`` is the encoder's section in a ``--config`` YAML; ``scenario``: a scenario may be
+    built on it (``build_scenario``)."""
+
+    config_model: Any
+    section: str
+    fit: Callable[..., tuple[Any, dict]]
+    select: Callable[..., tuple[Any, dict]] | None = None
+    fixed: dict[str, str] = field(default_factory=dict)
+    scenario: bool = True
+
+
+TRAINERS: Registry[Trainer] = Registry("encoder")
+
+
+def _register_trainers() -> None:
+    from ragrec.retrieval import (
+        EASEConfig,
+        EASEEncoder,
+        PopularityEncoder,
+        SASRecConfig,
+        SASRecEncoder,
+        TextEncoder,
+        TextEncoderConfig,
+    )
+    from ragrec.retrieval.mf import MFConfig, MFEncoder
+
+    def sasrec(data, config, *, device="auto", checkpoint_dir=None, progress=True, **_):
+        enc, report = SASRecEncoder.fit(data, config, device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+        return enc, vars(report)
+
+    def mf(data, config, algorithm, **_):
+        config = config or MFConfig(algorithm=algorithm)
+        return MFEncoder.fit(data, config), {"config": config.model_dump()}
+
+    TRAINERS.register("ease", Trainer(
+        EASEConfig, "ease", lambda data, config, **_: (EASEEncoder.fit(data, config), {}),
+        lambda data, progress=False: select_ease(data, progress=progress)))  # fmt: skip
+    TRAINERS.register("sasrec", Trainer(SASRecConfig, "sasrec", sasrec))
+    for algorithm in ("als", "bpr"):
+        TRAINERS.register(algorithm, Trainer(MFConfig, "mf", lambda data, config, a=algorithm, **kw: mf(data, config, a),
+                                             lambda data, progress=False, a=algorithm: select_mf(data, a, progress=progress),
+                                             {"algorithm": algorithm}))  # fmt: skip
+    TRAINERS.register(
+        "popularity", Trainer(None, "popularity", lambda data, config, **_: (PopularityEncoder.fit(data), {}))
+    )
+    TRAINERS.register("text", Trainer(TextEncoderConfig, "text",
+                                      lambda data, config, embedder=None, **_: (TextEncoder.fit(data, config, embedder=embedder), {}),
+                                      scenario=False))  # fmt: skip
+    TRAINERS.register("hybrid", Trainer(None, "hybrid", _fit_hybrid, scenario=False))
+
+
+def _fit_hybrid(data, config, *, parts=(), **_):
+    """A hybrid of saved encoders (``parts``: folders), weights tuned on validation NDCG@10."""
+    from ragrec.eval.protocol import eval_users
+    from ragrec.retrieval import HybridEncoder, PopularityEncoder, load_encoder
+
+    loaded = [load_encoder(p) for p in parts]
+    if len(loaded) < 2:
+        raise RagrecError("hybrid needs at least two saved encoder folders (--parts)")
+    counts = PopularityEncoder.fit(data).counts
+    cold = {i: [int(r) for r in (counts == 0).nonzero()[0]] for i, p in enumerate(loaded) if p.kind == "sasrec"}
+    _, hist, targets = eval_users(data, S.VALID)
+    grid = [[1.0]] + [[0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]] * (len(loaded) - 1)
+    enc, tried = HybridEncoder.tune(loaded, hist, targets, grid, cold=cold)
+    return enc, {"weights": enc.weights, "valid_ndcg10": max(t[1] for t in tried)}
+
+
+_register_trainers()
+SCENARIO_RETRIEVERS = ("auto", *(n for n in TRAINERS._entries if TRAINERS.get(n).scenario))
+
+
 def resolve_retriever(name: str, n_items: int) -> str:
     """The retriever ``name`` of :data:`SCENARIO_RETRIEVERS` stands for over a catalog of ``n_items``:
     ``auto`` is EASE up to the catalog size EASE accepts (``EASEConfig.max_items``), SASRec above."""
@@ -147,131 +223,17 @@ def build_scenario(
     for chat queries.
     """
     from ragrec.inference import Scenario, ScenarioConfig
-    from ragrec.retrieval import PopularityEncoder, Retriever, SASRecEncoder, TextEncoder
+    from ragrec.retrieval import Retriever, TextEncoder
 
     if not data.has_split:
         raise RagrecError(f"dataset {data.name!r} has no split; prepare it with one")
-    encoder = resolve_retriever(encoder, len(data.item_ids()))
+    trainer = TRAINERS.get(resolve_retriever(encoder, len(data.item_ids())))
     choice = None
-    if encoder == "ease":
-        enc, choice = select_ease(data, progress=progress)
-    elif encoder in ("als", "bpr"):
-        enc, choice = select_mf(data, encoder, progress=progress)
-    elif encoder == "sasrec":
-        enc, _ = SASRecEncoder.fit(data, progress=progress)
+    if trainer.select is not None:  # settings chosen on validation, reported in the scenario
+        enc, choice = trainer.select(data, progress=progress)
     else:
-        enc = PopularityEncoder.fit(data)
+        enc, _ = trainer.fit(data, None, progress=progress)
     retriever = Retriever.build(enc, data, factory=factory, scenario=name)
     text_enc = TextEncoder.fit(data, embedder=embedder) if text else None
     config = ScenarioConfig(name=name, item_noun=item_noun, retriever_choice=choice)
     return Scenario(config, data, retriever, text_enc)
-
-
-@dataclass
-class DemoReport:
-    """What the demo printed, for tests and for the README."""
-
-    recommendations: list = field(default_factory=list)
-    explanations: list = field(default_factory=list)
-    chat: list = field(default_factory=list)  # the two-turn chat's answers
-    rows: list[dict] = field(default_factory=list)
-    saved: Path | None = None
-    served: str = ""  # what the scenario serves and how it was chosen
-
-
-def run_demo(
-    *,
-    dataset: str = "ml-100k",
-    model: str | None = None,
-    users: int = 3,
-    eval_users: int = 100,
-    k: int = 5,
-    out: Path | None = None,
-    echo: Callable[[str], None] = print,
-    loaded=None,
-    embedder=None,
-) -> DemoReport:
-    """Pull ``dataset``, build a scenario and a recommender on ``model`` (the default LM when
-    ``None``), fit the second stage and choose on validation users what the scenario serves
-    (:func:`~ragrec.finetune.ltr.fit_reranker`), print recommendations + explanations for ``users``
-    users, then evaluate the retriever, the zero-shot LLM and the served system on ``eval_users``
-    sampled test users."""
-    from ragrec import paths
-    from ragrec.data import load_prepared, pull
-    from ragrec.data.sources import cached_names
-    from ragrec.eval.llm import LLMScores, llm_results, sample_users, score_llm
-    from ragrec.eval.report import markdown_table
-    from ragrec.finetune.config import RerankerConfig
-    from ragrec.finetune.ltr import SERVED_NAMES, fit_reranker
-    from ragrec.finetune.residual import serving_lists
-    from ragrec.inference import DEFAULT_MODEL, Recommender, RecommenderConfig, load_model
-
-    if dataset in cached_names() or Path(dataset).is_dir():
-        data = load_prepared(dataset)
-    else:
-        report = pull(dataset)
-        echo(
-            f"pulled {dataset} from {report.origin}"
-            + (f" ({report.fallback_reason})" if report.fallback_reason else "")
-        )
-        data = report.data
-    echo(f"{data.name}: {len(data.user_ids())} users, {len(data.item_ids())} items; training the retriever (EASE)...")
-    scenario = build_scenario(data, "movies", item_noun="movie", embedder=embedder)
-    config = RecommenderConfig(model=model or DEFAULT_MODEL)
-    echo(f"loading {config.model} ...")
-    loaded = loaded or load_model(config.model)
-    echo(f"model: {loaded.source} on {loaded.device} ({loaded.dtype})")
-    rec = Recommender(loaded, [scenario], config)
-    result = DemoReport()
-    # What the scenario serves is decided on validation users: the learning-to-rank stage with the
-    # LLM's item vectors, the same without them, or the retriever + item priors fusion.
-    echo("fitting the second stage (LightGBM over out-of-fold lists, with and without the LLM's item vectors; "
-         "a few minutes)...")  # fmt: skip
-    run = fit_reranker(scenario, loaded, RerankerConfig(candidates=config.candidates), progress=False)
-    scenario.reranker = run.reranker
-    if run.reranker is None:
-        scenario.config.fusion = run.fusion
-    figures = ", ".join(f"{k} {v:.4f}" for k, v in run.valid.items())
-    result.served = f"{SERVED_NAMES[run.served]} (chosen on validation NDCG@10 over all validation users: {figures})"
-    echo(f"serving: {result.served}")
-    demo_users = sorted(scenario.histories, key=lambda u: int(u) if u.isdigit() else u)[:users]
-    for user in demo_users:
-        r = rec.recommend(user, k=k)
-        result.recommendations.append(r)
-        recent = ", ".join(scenario.catalog[i].title or i for i in scenario.histories[user].item_ids[-3:])
-        echo(f"\nuser {user} (recently: {recent})")
-        for it in r.items:
-            because = ", ".join(f"{e.title} {100 * e.share:.0f}%" for e in it.evidence[:2])
-            echo(f"  {it.rank}. {scenario.catalog[it.item_id].title}  score {it.score:.3f}"
-                 + (f"  (because of {because})" if because else ""))  # fmt: skip
-        exp = rec.explain(r.items[0].item_id, user)
-        result.explanations.append(exp)
-        echo(f"  why #1: {exp.text}" + (f"  [{exp.fallback}]" if exp.fallback else ""))
-    if demo_users:  # a two-turn chat: a reference to the list, then a request anchored on a title
-        user = demo_users[0]
-        session = rec.chat(user)
-        session.recommendations(k)
-        anchor = scenario.catalog[scenario.histories[user].item_ids[-1]].title
-        echo(f"\nchat with user {user}:")
-        for message in ("why would I like the second one?", f"something like {anchor} but funnier"):
-            answer = session.ask(message)
-            result.chat.append(answer)
-            echo(f"  you> {message}\n  ragrec> {answer.text}" + (f"  [{answer.fallback}]" if answer.fallback else ""))
-            if answer.intent != "about":
-                echo("         " + "; ".join(scenario.catalog[i.item_id].title or i.item_id for i in answer.items[:3]))
-    lists = serving_lists(scenario, S.TEST, None, min(config.candidates, len(scenario.retriever.index)))
-    echo(f"\nevaluating what is served on all {len(lists)} test users ({config.candidates} candidates each)...")
-    everyone = LLMScores.without_llm(data.name, S.TEST, lists)
-    served = [rec.served_scores(scenario, h, c, r, None) for h, c, r in zip(everyone.histories, everyone.candidates,
-                                                                         everyone.retriever)]  # fmt: skip
-    results = llm_results(everyone, {"retriever (EASE)": None, f"served: {SERVED_NAMES[run.served]}": served})
-    sample = sample_users(list(data.targets(S.TEST)), eval_users)
-    echo(f"and the zero-shot LLM alone on {len(sample)} sampled test users...")
-    scores = score_llm(rec, split=S.TEST, users=sample, progress=False)
-    results += llm_results(scores, {"retriever (EASE), same users": None, "zero-shot LLM alone": 0.0})
-    result.rows = [r.row() for r in results]
-    echo(markdown_table(result.rows, ("users", "ndcg@10", "recall@10", "mrr@10")))
-    target = out or paths.home() / "demo" / "recommender"
-    result.saved = rec.save_pretrained(target)
-    echo(f"\nsaved the recommender to {target} (try: ragrec recommend {target} --user 1)")
-    return result

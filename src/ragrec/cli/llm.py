@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from ragrec.cli.retrieval import eval_app
+from ragrec.tasks import task_names
 
 console = Console(stderr=True)
 recommender_app = typer.Typer(
@@ -70,7 +71,8 @@ def build_cmd(
     """Train a retriever on DATASET and save a servable recommender (the LLM is loaded when serving)."""
     from ragrec.data import load_prepared
     from ragrec.errors import RagrecError
-    from ragrec.inference.recommender import RecommenderConfig, load_parts, save_recommender
+    from ragrec.inference.config import RecommenderConfig
+    from ragrec.inference.persistence import load_parts, save_recommender
     from ragrec.pipeline import build_scenario, resolve_retriever
 
     if out.exists() and not force and (add_to is None or out.resolve() != add_to.resolve()):
@@ -94,7 +96,7 @@ def recommend_cmd(
     history: History = None,
     scenario: ScenarioOpt = None,
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
-    task: Annotated[str, typer.Option(help="rank | generate.")] = "rank",
+    task: Annotated[str, typer.Option(help=f"{' | '.join(task_names(recommend=True))}.")] = "rank",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
     diversity: Annotated[
         float | None, typer.Option(help="MMR diversity 0-1 of the final list (default: the scenario's).")
@@ -222,7 +224,7 @@ def demo_cmd(
     model: Annotated[Optional[str], typer.Option(help="Base LM (default: smollm2-135m-instruct).")] = None,
 ) -> None:
     """The main job: ML-100K + the default LM, recommendations with explanations, a small evaluation."""
-    from ragrec.pipeline import run_demo
+    from ragrec.demo import run_demo
 
     run_demo(users=users, eval_users=eval_users, model=model, echo=typer.echo)
 
@@ -265,7 +267,7 @@ def eval_llm_cmd(
     from ragrec.inference.fusion import DEFAULT_FEATURES
 
     rec = _load(rec_dir, quantization, device)
-    rec.config.permutations = permutations
+    rec.config = rec.config.model_copy(update={"permutations": permutations})
     sc = rec.scenario(scenario)
     if not adapter and sc.adapter is not None:  # the adapter layers are switched off for this scenario
         sc = rec.scenarios[sc.name] = dataclasses.replace(sc, adapter=None)

@@ -16,7 +16,7 @@ eval_app = typer.Typer(
     help="Evaluate systems under ragrec's protocol (docs/evaluation.md in the source tree).", no_args_is_help=True
 )
 
-ENCODER_KINDS = "sasrec | als | bpr | text | popularity | hybrid"
+ENCODER_KINDS = "ease | sasrec | als | bpr | text | popularity | hybrid"  # = ragrec.pipeline.TRAINERS (tested)
 
 
 @retriever_app.command("train")
@@ -32,63 +32,33 @@ def train_cmd(
         Optional[Path], typer.Option(help="sasrec: save the best model here whenever validation improves.")
     ] = None,
 ) -> None:
-    """Train (or embed) an encoder and save it; prints the validation NDCG@10 it reached. ALS and BPR
-    (``implicit``) choose their settings on validation unless --config / --set give them."""
+    """Train (or embed) an encoder and save it; prints what it reached on validation. EASE, ALS and
+    BPR choose their settings on validation unless --config / --set give them."""
     from ragrec.config import load_config
     from ragrec.data import load_prepared
     from ragrec.errors import RagrecError
-    from ragrec.retrieval import (
-        HybridEncoder,
-        PopularityEncoder,
-        SASRecConfig,
-        SASRecEncoder,
-        TextEncoder,
-        TextEncoderConfig,
-        load_encoder,
-    )
+    from ragrec.pipeline import TRAINERS
 
+    trainer = TRAINERS.get(encoder)  # an unknown name: the error lists the registered ones
     data = load_prepared(dataset)
     if not data.has_split:
         raise RagrecError(f"dataset {dataset!r} has no split; prepare it with --split")
     summary: dict[str, object] = {"encoder": encoder, "dataset": data.name}
-    if encoder == "sasrec":
-        cfg = load_config(SASRecConfig, config, set_, section="sasrec")
-        enc, report = SASRecEncoder.fit(data, cfg, device=device, checkpoint_dir=checkpoint_dir)
-        summary.update(vars(report))
-    elif encoder == "text":
-        tcfg = load_config(TextEncoderConfig, config, set_, section="text")
-        with console.status("embedding item texts..."):
-            enc = TextEncoder.fit(data, tcfg)
-    elif encoder in ("als", "bpr"):
-        from ragrec.retrieval import MFConfig, MFEncoder
-
-        if config is None and not set_:  # nothing given: the settings of the grid that validate best
-            from ragrec.pipeline import select_mf
-
-            with console.status(f"choosing {encoder}'s settings on validation..."):
-                enc, choice = select_mf(data, encoder)
-            summary.update({k: v for k, v in choice.items() if k != "grid"})
-        else:
-            mcfg = load_config(MFConfig, config, [f"algorithm={encoder}", *set_], section="mf")
-            enc = MFEncoder.fit(data, mcfg)
-            summary["config"] = mcfg.model_dump()
-    elif encoder == "popularity":
-        enc = PopularityEncoder.fit(data)
-    elif encoder == "hybrid":
-        from ragrec import schema as S
-        from ragrec.eval.protocol import eval_users
-
-        loaded = [load_encoder(p.strip()) for p in parts.split(",") if p.strip()]
-        if len(loaded) < 2:
-            raise RagrecError("hybrid needs --parts with at least two saved encoder folders")
-        counts = PopularityEncoder.fit(data).counts
-        cold = {i: [int(r) for r in (counts == 0).nonzero()[0]] for i, p in enumerate(loaded) if p.kind == "sasrec"}
-        _, hist, targets = eval_users(data, S.VALID)
-        grid = [[1.0]] + [[0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]] * (len(loaded) - 1)
-        enc, tried = HybridEncoder.tune(loaded, hist, targets, grid, cold=cold)
-        summary.update({"weights": enc.weights, "valid_ndcg10": max(t[1] for t in tried)})
+    if trainer.select is not None and config is None and not set_:  # nothing given: the best settings on validation
+        with console.status(f"choosing {encoder}'s settings on validation..."):
+            enc, choice = trainer.select(data)
+        summary.update({k: v for k, v in choice.items() if k != "grid"})
     else:
-        raise RagrecError(f"unknown encoder {encoder!r}; valid: {ENCODER_KINDS}")
+        fixed = [f"{k}={v}" for k, v in trainer.fixed.items()]
+        cfg = (
+            load_config(trainer.config_model, config, [*fixed, *set_], section=trainer.section)
+            if trainer.config_model
+            else None
+        )
+        with console.status(f"training {encoder}..."):
+            enc, report = trainer.fit(data, cfg, device=device, checkpoint_dir=checkpoint_dir,
+                                      parts=[p.strip() for p in parts.split(",") if p.strip()])  # fmt: skip
+        summary.update(report)
     enc.save(out)
     typer.echo(json.dumps({**summary, "saved": str(out)}, default=str))
 

@@ -1,4 +1,4 @@
-"""``ragrec serve`` and ``ragrec retrain``."""
+"""``ragrec serve``, ``ragrec retrain`` and ``ragrec batch-recommend``."""
 
 from __future__ import annotations
 
@@ -67,3 +67,30 @@ def retrain_cmd(path: RecDir, state: State = None) -> None:
     print(json.dumps({"version": version.name, "path": str(version.path),
                       "interactions_through": version.interactions_through,
                       "items_through": version.items_through}))  # fmt: skip
+
+
+def batch_recommend_cmd(
+    path: RecDir,
+    users: Annotated[
+        str, typer.Option(help="'all' (every known user) or a file: one user id per line, or a CSV with user_id.")
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet file to write (atomically).")],
+    scenario: Annotated[Optional[str], typer.Option(help="Scenario (default: the recommender's first).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Items per user.")] = 10,
+    engine: Annotated[str, typer.Option(help="local | ray (pip install 'ragrec[ray]').")] = "local",
+    workers: Annotated[int, typer.Option(help="ray: actors, one model each.")] = 2,
+    address: Annotated[Optional[str], typer.Option(help="ray: a cluster address (default: start Ray here).")] = None,
+    chunk: Annotated[int, typer.Option(help="Users per recommend_batch call.")] = 32,
+    threads: Annotated[int, typer.Option(help="Torch threads per worker.")] = 1,
+    quantization: Quant = None,
+    device: Device = None,
+) -> None:
+    """Recommend for many users and write Parquet (user_id, scenario, rank, item_id, score,
+    retriever_score, fallback), in this process or on Ray."""
+    from ragrec.batch import batch_recommend, read_users
+
+    overrides = {k_: v for k_, v in {"quantization": quantization, "device": device}.items() if v}
+    ids = read_users(users, path, scenario)
+    report = batch_recommend(path, ids, out, scenario=scenario, k=k, engine=engine, workers=workers,
+                             address=address, chunk=chunk, threads=threads, **overrides)  # fmt: skip
+    print(json.dumps({**vars(report), "users_per_second": round(report.users_per_second, 3)}))

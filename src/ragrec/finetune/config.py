@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["FinetuneConfig", "ResidualConfig", "RerankerConfig", "TASKS"]
+from ragrec.tasks import task_names
 
-TASKS = ("rank", "rate", "explain")
+__all__ = ["FinetuneConfig", "ResidualConfig", "RerankerConfig"]
 
 
 class ResidualConfig(BaseModel):
@@ -160,9 +160,10 @@ class FinetuneConfig(BaseModel):
     @field_validator("mixture")
     @classmethod
     def _mixture(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - set(TASKS)
+        trainable = task_names(trainable=True)
+        unknown = set(v) - set(trainable)
         if unknown:
-            raise ValueError(f"unknown task(s) {sorted(unknown)} in mixture; valid: {', '.join(TASKS)}")
+            raise ValueError(f"unknown task(s) {sorted(unknown)} in mixture; valid: {', '.join(trainable)}")
         if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
             raise ValueError("mixture weights must be >= 0 with a positive sum")
         return {k: float(w) for k, w in v.items() if w > 0}

@@ -26,8 +26,10 @@ training example (they are not even loaded).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +41,14 @@ from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPredictor
-from ragrec.inference.recommender import Recommender, Scenario
+from ragrec.inference.recommender import Recommender
+from ragrec.inference.scenario import Scenario
 from ragrec.prompts import chat_text
+from ragrec.registry import Registry
+from ragrec.tasks import TASKS
+from ragrec.types import UserHistory
 
-__all__ = ["Example", "ExampleSet", "build_examples", "to_dataset"]
-
-TEXT_TASKS = ("explain",)
+__all__ = ["Example", "ExampleSet", "ExampleBuilder", "BUILDERS", "build_examples", "to_dataset"]
 
 
 @dataclass(frozen=True)
@@ -82,45 +86,77 @@ def _train_frame(sc: Scenario):
     return frame
 
 
+@dataclass
+class _Sources:
+    """What the example builders read, computed on first use: the training sequences, the candidate
+    positions, reviews by position and the retrieved lists of rank positions."""
+
+    sc: Scenario
+    config: FinetuneConfig
+    rng: np.random.Generator
+    frame: Any
+    sequences: dict[str, UserHistory]
+    positions: list[_Position]
+
+    def want(self, task: str) -> int:
+        """Examples of ``task`` the mixture asks for."""
+        mix = self.config.mixture
+        return max(1, round(self.config.examples * mix[task] / sum(mix.values())))
+
+    @cached_property
+    def reviews(self) -> dict[tuple[str, int], str]:
+        out: dict[tuple[str, int], str] = {}
+        if S.REVIEW not in self.frame:
+            return out
+        cfg = self.config
+        for user, group in self.frame.groupby(S.USER_ID, sort=False):  # rows in each user's chronological order
+            for t, text in enumerate(group[S.REVIEW].tolist()):
+                cleaned = clean_review(text if isinstance(text, str) else None, cfg.max_review_chars)
+                if len(cleaned) >= cfg.min_review_chars:
+                    out[(str(user), t)] = cleaned
+        return out
+
+    @cached_property
+    def retrieved(self) -> dict[tuple[str, int], list[str]]:
+        return _retrieved(self.sc, self.sequences, self.positions, self.config, self.want("rank"), self.rng)
+
+
+@dataclass(frozen=True)
+class ExampleBuilder:
+    """How a trainable task's examples are made (one registration in :data:`BUILDERS` per task of
+    :mod:`ragrec.tasks` with ``trainable=True``): ``pool`` keeps the training positions that can
+    make an example, ``build`` makes examples from the picked ones; ``needs`` (optional) says what
+    was missing when the pool is empty (default: the task's ``needs``)."""
+
+    pool: Callable[[_Sources], list[_Position]]
+    build: Callable[[Recommender, Scenario, _Sources, list[_Position]], list[Example]]
+    needs: Callable[[FinetuneConfig], str] | None = None
+
+
+BUILDERS: Registry[ExampleBuilder] = Registry("example builder")
+
+
 def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfig) -> ExampleSet:
     """Examples for ``scenario`` of ``rec`` (its templates and prompt budget), mixed by ``config``."""
     sc = rec.scenario(scenario)
     if not sc.data.has_split:
         raise RagrecError(f"dataset {sc.data.name!r} has no split: fine-tuning needs train/valid/test")
     rng = np.random.default_rng(config.seed)
-    frame = _train_frame(sc)
     sequences = sc.data.histories(splits=(S.TRAIN,))
-    reviews: dict[tuple[str, int], str] = {}
-    if "explain" in config.mixture and S.REVIEW in frame:
-        for user, group in frame.groupby(S.USER_ID, sort=False):  # rows in each user's chronological order
-            for t, text in enumerate(group[S.REVIEW].tolist()):
-                cleaned = clean_review(text if isinstance(text, str) else None, config.max_review_chars)
-                if len(cleaned) >= config.min_review_chars:
-                    reviews[(str(user), t)] = cleaned
     positions = [
         _Position(u, t)
         for u, h in sequences.items()
         for t in range(len(h) - 1, max(0, len(h) - 1 - config.positions), -1)
         if t >= 1
     ]
-    retrieved: dict[tuple[str, int], list[str]] = {}
-    if "rank" in config.mixture:
-        want_rank = max(1, round(config.examples * config.mixture["rank"] / sum(config.mixture.values())))
-        retrieved = _retrieved(sc, sequences, positions, config, want_rank, rng)
-    pools = {
-        "rank": [p for p in positions if (p.user_id, p.t) in retrieved],  # a uniform sample (see _retrieved)
-        "rate": [
-            p for p in positions if sequences[p.user_id].ratings and sequences[p.user_id].ratings[p.t] is not None
-        ],
-        "explain": [p for p in positions if (p.user_id, p.t) in reviews],
-    }
+    src = _Sources(sc, config, rng, _train_frame(sc), sequences, positions)
+    pools = {task: BUILDERS.get(task).pool(src) for task in config.mixture}
     out = ExampleSet([])
     weights = {task: w for task, w in config.mixture.items() if pools[task]}
     for task in config.mixture:
         if task not in weights:
-            what = {"rank": "training sequences of 2+ items" + (" whose target the retriever returns"
-                                                                 if config.target_retrieved else ""),
-                    "rate": "ratings", "explain": "review text"}[task]  # fmt: skip
+            builder = BUILDERS.get(task)
+            what = builder.needs(config) if builder.needs is not None else TASKS.get(task).needs
             out.notes.append(f"task {task!r} dropped: the training split has no {what}")
     total = sum(weights.values())
     for task, w in weights.items():
@@ -129,8 +165,7 @@ def build_examples(rec: Recommender, scenario: str | None, config: FinetuneConfi
         picked = [pool[j] for j in sorted(rng.choice(len(pool), size=min(want, len(pool)), replace=False))]
         if len(picked) < want:
             out.notes.append(f"task {task!r}: {len(picked)} examples (all there are) of {want} asked")
-        data = retrieved if task == "rank" else reviews
-        made = {"rank": _rank, "rate": _rate, "explain": _explain}[task](rec, sc, sequences, picked, config, rng, data)
+        made = BUILDERS.get(task).build(rec, sc, src, picked)
         out.examples.extend(made)
         out.counts[task] = len(made)
     order = rng.permutation(len(out.examples))  # tasks interleaved
@@ -164,7 +199,8 @@ def _retrieved(sc, sequences, positions, config, want: int, rng) -> dict[tuple[s
     return out
 
 
-def _rank(rec, sc, sequences, picked, config, rng, retrieved) -> list[Example]:
+def _rank(rec, sc, src: _Sources, picked) -> list[Example]:
+    sequences, config, rng, retrieved = src.sequences, src.config, src.rng, src.retrieved
     ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
     n_neg = config.candidates - 1
     n_hard = round(n_neg * config.hard_negatives)
@@ -188,7 +224,7 @@ def _rank(rec, sc, sequences, picked, config, rng, retrieved) -> list[Example]:
                     taken.add(str(i))
         cands = [target, *hard, *random]
         cands = [cands[j] for j in rng.permutation(len(cands))]  # letter position carries no signal
-        hist_items.append(rec._items(sc, seq[: p.t]))
+        hist_items.append(rec.history_items(sc, seq[: p.t]))
         cand_items.append([sc.catalog[i] for i in cands])
         meta.append((p.user_id, target, cands.index(target)))
     texts, labels = ranker.prompts(hist_items, cand_items, sc.config.item_noun)
@@ -198,7 +234,8 @@ def _rank(rec, sc, sequences, picked, config, rng, retrieved) -> list[Example]:
     ]
 
 
-def _rate(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
+def _rate(rec, sc, src: _Sources, picked) -> list[Example]:
+    sequences = src.sequences
     predictor = RatingPredictor(rec.loaded, rec.template(sc, "rate"), budget=rec.budget)
     values = [float(v) for v in predictor.values]
     out = []
@@ -206,13 +243,14 @@ def _rate(rec, sc, sequences, picked, config, rng, _reviews) -> list[Example]:
         h = sequences[p.user_id]
         rating = h.ratings[p.t]
         answer = predictor.values[int(np.argmin([abs(v - rating) for v in values]))]  # nearest allowed value
-        text = predictor.prompts(rec._items(sc, h.item_ids[: p.t]), list(h.ratings[: p.t]),
+        text = predictor.prompts(rec.history_items(sc, h.item_ids[: p.t]), list(h.ratings[: p.t]),
                                  [sc.catalog[h.item_ids[p.t]]], item_noun=sc.config.item_noun)[0]  # fmt: skip
         out.append(Example("rate", p.user_id, h.item_ids[p.t], text, answer))
     return out
 
 
-def _explain(rec, sc, sequences, picked, config, rng, reviews) -> list[Example]:
+def _explain(rec, sc, src: _Sources, picked) -> list[Example]:
+    sequences, reviews = src.sequences, src.reviews
     explainer = Explainer(rec.loaded, rec.template(sc, "explain"), sc.matcher, budget=rec.budget)
     out = []
     for p in picked:
@@ -220,10 +258,24 @@ def _explain(rec, sc, sequences, picked, config, rng, reviews) -> list[Example]:
         item = sc.catalog[h.item_ids[p.t]]
         past = h.item_ids[: p.t]  # the evidence as serving computes it, from the history at that point
         evidence = evidence_for(sc.retriever.encoder, sc.catalog, past, [item.item_id], rec.config.evidence)[0]
-        messages = explainer.messages(rec._items(sc, past), item, sc.config.item_noun, evidence)
+        messages = explainer.messages(rec.history_items(sc, past), item, sc.config.item_noun, evidence)
         out.append(Example("explain", p.user_id, item.item_id, chat_text(rec.loaded.tokenizer, messages),
                            reviews[(p.user_id, p.t)]))  # fmt: skip
     return out
+
+
+BUILDERS.register("rank", ExampleBuilder(
+    lambda src: [p for p in src.positions if (p.user_id, p.t) in src.retrieved],  # a uniform sample (_retrieved)
+    _rank,
+    lambda cfg: "training sequences of 2+ items" + (" whose target the retriever returns" if cfg.target_retrieved else ""),
+))  # fmt: skip
+BUILDERS.register("rate", ExampleBuilder(
+    lambda src: [p for p in src.positions
+                 if src.sequences[p.user_id].ratings and src.sequences[p.user_id].ratings[p.t] is not None],
+    _rate,
+))  # fmt: skip
+BUILDERS.register("explain", ExampleBuilder(lambda src: [p for p in src.positions if (p.user_id, p.t) in src.reviews],
+                                            _explain))  # fmt: skip
 
 
 def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int, choices: bool = True):
@@ -239,7 +291,7 @@ def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int, choic
     for ex in examples:
         prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
         answer = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
-        if ex.task in TEXT_TASKS and tokenizer.eos_token_id is not None:
+        if TASKS.get(ex.task).output == "text" and tokenizer.eos_token_id is not None:
             answer = answer + [tokenizer.eos_token_id]
         if len(prompt) + len(answer) > max_tokens or not answer:
             dropped += 1

@@ -29,7 +29,6 @@ from ragrec.errors import RagrecError
 from ragrec.finetune.config import RerankerConfig
 from ragrec.finetune.residual import CandidateList, _fit_anchor, fold_histories, out_of_fold_lists, serving_lists
 from ragrec.inference.fusion import FEATURES, LLM_FEATURES, FusionModel
-from ragrec.inference.recommender import Scenario
 from ragrec.inference.rerank import (
     LLM_RERANK_FEATURES,
     RERANK_FEATURES,
@@ -39,6 +38,7 @@ from ragrec.inference.rerank import (
     Transitions,
     item_vectors,
 )
+from ragrec.inference.scenario import Scenario
 from ragrec.ranking import metric_table
 
 __all__ = ["RerankerConfig", "RerankerRun", "fit_reranker", "list_ranks", "SERVED_NAMES"]

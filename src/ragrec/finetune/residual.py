@@ -49,7 +49,8 @@ from ragrec.errors import RagrecError
 from ragrec.finetune.config import ResidualConfig
 from ragrec.inference.fusion import FusionModel, ItemPriors
 from ragrec.inference.rank import LetterRanker
-from ragrec.inference.recommender import Recommender, Scenario, shown_order
+from ragrec.inference.recommender import Recommender, shown_order
+from ragrec.inference.scenario import Scenario
 from ragrec.ranking import metric_table
 
 __all__ = [
@@ -202,7 +203,7 @@ def residual_examples(
         shown = [cl.candidates[j] for j in order]
         p = priors[str(cl.fold)] if isinstance(priors, dict) else priors
         base = fusion.score(p.features(cl.history, shown, cl.retriever[order], None, fusion.names, fusion.max_history))
-        texts, labels = ranker.prompts([rec._items(sc, cl.history)], [[sc.catalog[i] for i in shown]],
+        texts, labels = ranker.prompts([rec.history_items(sc, cl.history)], [[sc.catalog[i] for i in shown]],
                                        sc.config.item_noun)  # fmt: skip
         target = int(np.flatnonzero(order == cl.target)[0]) if cl.target >= 0 else -1
         out.append(ResidualExample(cl.user_id, tok(texts[0], add_special_tokens=False)["input_ids"],

@@ -275,7 +275,7 @@ def run_scenario(
     from ragrec.data.split import SplitConfig
     from ragrec.finetune.trainer import finetune
     from ragrec.inference import RecommenderConfig, load_model
-    from ragrec.inference.recommender import load_parts, save_recommender
+    from ragrec.inference.persistence import load_parts, save_recommender
     from ragrec.pipeline import build_scenario, resolve_retriever
     from ragrec.prompts import TemplateRegistry
 
@@ -401,7 +401,8 @@ def choose_served_fusion(rec_dir: Path, scenario: str, users: int, *, echo=print
     how its LLM score is fused with the retriever's (:func:`ragrec.eval.llm.choose_fusion`)."""
     from ragrec import schema as S
     from ragrec.eval.llm import choose_fusion, sample_users, score_llm, split_priors
-    from ragrec.inference.recommender import Recommender, save_scenario_config
+    from ragrec.inference.persistence import save_scenario_config
+    from ragrec.inference.recommender import Recommender
 
     rec = Recommender.from_pretrained(rec_dir)
     sc = rec.scenario(scenario)

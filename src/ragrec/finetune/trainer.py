@@ -34,8 +34,10 @@ from ragrec.errors import RagrecError
 from ragrec.finetune.config import FinetuneConfig
 from ragrec.finetune.examples import ExampleSet, build_examples, to_dataset
 from ragrec.inference.adapters import AdapterInfo, model_fingerprint, save_adapter
+from ragrec.inference.config import RecommenderConfig
 from ragrec.inference.models import LoadedModel
-from ragrec.inference.recommender import Recommender, RecommenderConfig, Scenario
+from ragrec.inference.recommender import Recommender
+from ragrec.inference.scenario import Scenario
 
 __all__ = ["FinetuneResult", "finetune", "collate_left", "answer_loss"]
 
@@ -191,11 +193,10 @@ def rating_errors(errors) -> dict[str, float]:
 def validation_metric(config: FinetuneConfig) -> tuple[str, bool]:
     """What early stopping watches, and whether higher is better: the LLM stage's NDCG@10 when the
     mixture ranks, else explanation ROUGE-L against held-out reviews, else rating MAE."""
-    if "rank" in config.mixture:
-        return "ndcg@10", True
-    if "explain" in config.mixture:
-        return "rouge_l", True
-    return "rating_mae", False
+    from ragrec.tasks import task_specs
+
+    spec = next(s for s in task_specs() if s.name in config.mixture)  # the first registered task decides
+    return spec.metric, spec.higher_is_better
 
 
 def _validation_users(data, metric: str, config: FinetuneConfig) -> list[str]:

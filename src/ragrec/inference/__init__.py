@@ -26,9 +26,9 @@ _WHERE = {
     "RatingPredictor": "ragrec.inference.rate",
     "Recommendation": "ragrec.inference.recommender",
     "Recommender": "ragrec.inference.recommender",
-    "RecommenderConfig": "ragrec.inference.recommender",
-    "Scenario": "ragrec.inference.recommender",
-    "ScenarioConfig": "ragrec.inference.recommender",
+    "RecommenderConfig": "ragrec.inference.config",
+    "Scenario": "ragrec.inference.scenario",
+    "ScenarioConfig": "ragrec.inference.scenario",
     "TitleMatcher": "ragrec.inference.grounding",
     "TitleTrie": "ragrec.inference.generate",
     "check_adapter": "ragrec.inference.adapters",
@@ -43,7 +43,7 @@ _WHERE = {
     "read_adapter_info": "ragrec.inference.adapters",
     "resolve_model": "ragrec.inference.models",
     "save_adapter": "ragrec.inference.adapters",
-    "save_recommender": "ragrec.inference.recommender",
+    "save_recommender": "ragrec.inference.persistence",
 }
 
 __all__ = [

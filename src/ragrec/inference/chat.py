@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -46,9 +47,34 @@ from ragrec.prompts import count_tokens, fit_history, history_block, sanitize
 from ragrec.types import Evidence, Item, RankedItem, UserHistory
 
 if TYPE_CHECKING:
-    from ragrec.inference.recommender import Recommender, Scenario
+    from ragrec.inference.models import LoadedModel
+    from ragrec.inference.scenario import Scenario
+    from ragrec.prompts import PromptBudget, PromptTemplate
 
-__all__ = ["ChatSession", "ChatAnswer", "year_filter", "resolve", "intent", "wanted_categories"]
+__all__ = ["ChatSession", "ChatAnswer", "ChatHost", "year_filter", "resolve", "intent", "wanted_categories"]
+
+
+class ChatHost(Protocol):
+    """What a :class:`ChatSession` needs from the recommender behind it (the
+    :class:`~ragrec.inference.Recommender` provides it; a test or another engine can too)."""
+
+    config: Any  # reads candidates, chat_candidates, chat_turns and evidence (a RecommenderConfig)
+    budget: PromptBudget
+    loaded: LoadedModel
+
+    def recommend(self, user_id: str | None = None, *, history: Sequence[str] | None = None,
+                  scenario: str | None = None, k: int = 10) -> Any:  # fmt: skip
+        """A ranked list with ``items`` and ``item_ids`` (a Recommendation)."""
+
+    def template(self, scenario: Scenario, task: str) -> PromptTemplate:
+        """The scenario's prompt template for ``task``."""
+
+    def use(self, scenario: Scenario) -> AbstractContextManager[None]:
+        """Hold the model for ``scenario`` (its adapter on) while generating."""
+
+    def history_items(self, scenario: Scenario, ids: Sequence[str]) -> list[Item]:
+        """The catalog items of ``ids``."""
+
 
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 POOL = 200  # items taken from each source before fusion and filtering
@@ -206,7 +232,7 @@ class ChatAnswer:
 class ChatSession:
     """A multi-turn conversation about one user's recommendations in one scenario."""
 
-    recommender: Recommender
+    recommender: ChatHost
     scenario: Scenario
     history: UserHistory
     user_id: str | None = None
@@ -362,7 +388,7 @@ class ChatSession:
         budget = rec.budget
         template = rec.template(sc, "chat")
         template.require_output("text")
-        hist = rec._items(sc, self.history.item_ids)[-budget.max_history :]
+        hist = rec.history_items(sc, self.history.item_ids)[-budget.max_history :]
         about = ""
         if kind == "about" and items:
             about = f"I am asking about: {'; '.join(_name(sc.catalog[i.item_id]) for i in items)}\n"
@@ -416,7 +442,7 @@ class ChatSession:
         noun = sc.config.item_noun
         if not items:
             return f"I found no {noun} in the catalog that fits; try another request."
-        hist = self.recommender._items(sc, self.history.item_ids)
+        hist = self.recommender.history_items(sc, self.history.item_ids)
         if kind == "about":
             out = []
             for it in items:

@@ -22,40 +22,31 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ragrec import schema as S
-from ragrec.data.dataset import InteractionData
-from ragrec.data.text import render_item_text
-from ragrec.errors import CacheError, RagrecError, UnknownNameError
-from ragrec.inference.adapters import META as ADAPTER_META
+from ragrec.errors import RagrecError, UnknownNameError
 from ragrec.inference.adapters import check_adapter
+from ragrec.inference.config import RecommenderConfig
 from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
-from ragrec.inference.fusion import FusionModel, ItemPriors, _standardise
+from ragrec.inference.fusion import _standardise
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
-from ragrec.inference.grounding import TitleMatcher
-from ragrec.inference.models import DEFAULT_MODEL, LoadedModel, load_model
+from ragrec.inference.models import LoadedModel, load_model
 from ragrec.inference.optimise import ListRules, calibrated, capped, category_mix, long_tail, mmr
+from ragrec.inference.persistence import load_parts, save_recommender
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPrediction, RatingPredictor
-from ragrec.inference.rerank import Reranker, RerankFeatures
-from ragrec.io import atomic_directory, atomic_write_text, read_json_meta
-from ragrec.prompts import PromptBudget, PromptTemplate, TemplateRegistry, builtin_registry
-from ragrec.retrieval import Retriever, TextEncoder, load_encoder
+from ragrec.inference.scenario import Scenario, ScenarioConfig, _rules, _Shaping, _unknown_items
+from ragrec.prompts import PromptTemplate, builtin_registry
 from ragrec.retrieval.retriever import MAX_K
+from ragrec.tasks import task_names
 from ragrec.types import Candidate, Item, RankedItem, UserHistory
 
 __all__ = [
@@ -64,260 +55,16 @@ __all__ = [
     "Scenario",
     "ScenarioConfig",
     "Recommendation",
+    "TaskAnswer",
     "fuse_scores",
     "shown_order",
     "save_recommender",
     "load_parts",
 ]
 
-FORMAT_VERSION = 1
-PARTS = "parts.json"  # per scenario: the templates, adapter and text encoder it was saved with
-RECOMMEND_TASKS = ("rank", "generate")
 RULES_DEPTH = 5  # with business rules, retrieve up to this many times the candidates to refill the list
 RRF_K = 60  # reciprocal-rank fusion constant of ``search`` (Cormack et al. 2009)
 SEARCH_POOL = 200  # items taken from each source before ``search`` fuses them
-
-
-class RecommenderConfig(BaseModel):
-    """How the LLM stage runs. Unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(DEFAULT_MODEL, description="Base LM: built-in alias, Hub id, local folder or .gguf file.")
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization.")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-    trust_remote_code: bool = Field(False, description="Run model code from the Hub (off unless asked).")
-    candidates: int = Field(
-        20, ge=1, le=100, description="Retrieved candidates the LLM ranks (lettered A-Z, then AA, AB, ...)."
-    )
-    permutations: int = Field(1, ge=1, description="Cyclic shifts averaged against position bias.")
-    batch_size: int = Field(8, ge=1, description="Prompts per forward pass.")
-    max_history: int = Field(20, ge=0, description="Most recent history items shown in a prompt.")
-    max_item_chars: int = Field(90, ge=16, description="Longest rendered item line in a prompt.")
-    max_user_chars: int = Field(1000, ge=16, description="Longest chat message kept (the rest is cut, reported).")
-    max_tokens: int = Field(2048, ge=64, description="Longest prompt in tokens (also capped by the model's context).")
-    chat_candidates: int = Field(8, ge=1, le=26, description="Items retrieved for each chat turn.")
-    chat_turns: int = Field(3, ge=0, description="Earlier chat turns kept in the prompt.")
-    evidence: int = Field(
-        3, ge=0, le=20, description="History items attached to each recommended item as its evidence "
-        "(the ones that moved its first-stage score most; 0: none).",
-    )  # fmt: skip
-
-    def budget(self, context: int | None = None) -> PromptBudget:
-        max_tokens = min(self.max_tokens, context) if context else self.max_tokens
-        return PromptBudget(self.max_history, self.max_item_chars, self.max_user_chars, max_tokens)
-
-
-class ScenarioConfig(BaseModel):
-    """What a scenario adds to its data and retriever."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Scenario name.")
-    item_noun: str = Field("item", max_length=40, description="What the catalog holds ('movie', 'game').")
-    fusion_weight: float = Field(0.0, ge=0, description="Weight of the retriever score fused with the LLM's.")
-    fusion: FusionModel | None = Field(
-        None, description="A learned fusion of the LLM, retriever and item priors (replaces fusion_weight when set)."
-    )
-    candidate_order: Literal["retriever", "shuffled"] = Field(
-        "retriever", description="Order the LLM is shown the candidates in: the retriever's, or a fixed shuffle "
-        "of them (`shown_order`; what a residual ranker was trained on, so a letter carries no retriever rank).",
-    )  # fmt: skip
-    diversity: float = Field(
-        0.0, ge=0, le=1, description="Default MMR diversity of the final list (0: the ranking as it is; "
-        "`recommend(diversity=...)` overrides it).",
-    )  # fmt: skip
-    long_tail: float = Field(
-        0.0, ge=0, le=1, description="Default popularity penalty of the final list (0: none; "
-        "`recommend(long_tail=...)` overrides it).",
-    )  # fmt: skip
-    calibration: float = Field(
-        0.0, ge=0, le=1, description="Default pull of the final list toward the category mix of the user's history "
-        "(0: none; `recommend(calibration=...)` overrides it). Not combined with diversity.",
-    )  # fmt: skip
-    rules: ListRules | None = Field(
-        None, description="Default business rules (include/exclude items, categories, years; per-category caps); "
-        "`recommend(rules=...)` overrides them.",
-    )  # fmt: skip
-    retriever_choice: dict[str, Any] | None = Field(
-        None, description="How the retriever's settings were chosen on validation (e.g. EASE's l2 and decay and "
-        "the grid tried), as `build_scenario` reported it.",
-    )  # fmt: skip
-
-    @model_validator(mode="after")
-    def _one_reorder(self) -> ScenarioConfig:
-        problem = _Shaping(self.diversity, self.long_tail, self.calibration).problem()
-        if problem:
-            raise ValueError(problem)
-        return self
-
-
-@dataclass(frozen=True)
-class _Shaping:
-    """How the final list is shaped (each 0-1): popularity penalty, MMR diversity, calibration."""
-
-    diversity: float
-    long_tail: float
-    calibration: float
-
-    @classmethod
-    def of(cls, sc: Scenario, diversity: float | None, long_tail: float | None, calibration: float | None) -> _Shaping:
-        """The request's values, the scenario's defaults where ``None``; checked."""
-        c = sc.config
-        out = cls(c.diversity if diversity is None else diversity, c.long_tail if long_tail is None else long_tail,
-                  c.calibration if calibration is None else calibration)  # fmt: skip
-        problem = out.problem()
-        if problem:
-            raise RagrecError(problem)
-        return out
-
-    def problem(self) -> str | None:
-        """What is wrong with these values (each 0-1; diversity and calibration not both), or None."""
-        for name, value in vars(self).items():
-            if not 0 <= value <= 1:
-                return f"{name} must be between 0 and 1, got {value}"
-        if self.diversity > 0 and self.calibration > 0:
-            return "diversity and calibration both re-order the list; set one of them"
-        return None
-
-
-def _rules(rules: ListRules | None, fields: Mapping[str, Any]) -> ListRules | None:
-    """``rules`` with ``fields`` (ListRules field names, e.g. ``exclude_categories``) set over it;
-    exclusions are added to the ones ``rules`` has, every other field replaces its value."""
-    if not fields:
-        return rules
-    unknown = set(fields) - set(ListRules.model_fields)
-    if unknown:
-        raise RagrecError(f"unknown argument(s) {sorted(unknown)}; rule fields: {', '.join(ListRules.model_fields)}")
-    base = rules.model_dump() if rules is not None else {}
-    merged = {**base, **fields}
-    for key in ("exclude_items", "exclude_categories"):  # exclusions add up: a request cannot lift the scenario's
-        merged[key] = list(dict.fromkeys([*base.get(key, []), *(fields.get(key) or [])]))
-    try:
-        return ListRules(**merged)
-    except ValueError as exc:
-        raise RagrecError(f"invalid business rules: {exc}") from None
-
-
-@dataclass
-class Scenario:
-    """One scenario's catalog, retriever, optional text encoder, templates and adapter."""
-
-    config: ScenarioConfig
-    data: InteractionData
-    retriever: Retriever
-    text: TextEncoder | None = None
-    templates: TemplateRegistry = field(default_factory=TemplateRegistry)
-    adapter: Path | None = None
-    reranker: Reranker | None = None  # the learning-to-rank stage (ragrec.finetune.ltr); replaces the fusion
-    _updates: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @cached_property
-    def rerank_features(self) -> RerankFeatures:
-        """The reranker's feature rows over the known histories."""
-        if self.reranker is None:
-            raise RagrecError(f"scenario {self.name!r} has no reranker")
-        return self.reranker.feature_builder(self.catalog, [h.item_ids for h in self.histories.values()])
-
-    @cached_property
-    def histories(self) -> dict[str, UserHistory]:
-        """Known users' histories: train + valid when the data has a split (test stays held out)."""
-        return self.data.histories(splits=(S.TRAIN, S.VALID) if self.data.has_split else None)
-
-    @cached_property
-    def catalog(self) -> dict[str, Item]:
-        return {i: self.data.item(i) for i in self.data.item_ids()}
-
-    @cached_property
-    def priors(self) -> ItemPriors:
-        """Popularity, categories and years for a learned fusion, from the known histories."""
-        return ItemPriors.from_histories(self.catalog, (h.item_ids for h in self.histories.values()))
-
-    def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
-        """The retriever's embeddings of ``item_ids`` (catalog items), one row each, for diversity."""
-        encoder = self.retriever.encoder
-        return encoder.item_rows(encoder.indices(list(item_ids)))
-
-    @cached_property
-    def categories(self) -> list[str]:
-        """The catalog's categories, sorted."""
-        return sorted({c for it in self.catalog.values() for c in it.categories})
-
-    @cached_property
-    def matcher(self) -> TitleMatcher:
-        return TitleMatcher(self.catalog.values())
-
-    def item(self, item_id: str) -> Item:
-        try:
-            return self.catalog[item_id]
-        except KeyError:
-            raise RagrecError(_unknown_items([item_id], self)) from None
-
-    # ------------------------------------------------------------------ live updates (feedback)
-    def add_interactions(
-        self,
-        user_id: str,
-        item_ids: Sequence[str],
-        timestamps: Sequence[int],
-        ratings: Sequence[float | None] | None = None,
-    ) -> UserHistory:
-        """Add interactions of ``user_id`` (known or new) to the histories this scenario serves
-        from, at once: the next request of that user retrieves from, excludes and prompts with the
-        new history. Every item must be in the catalog (``add_items`` first for new ones); the
-        merged history stays in time order (equal timestamps: older entries first). The saved
-        folder is not changed (the service keeps feedback in its own database and replays it)."""
-        if len(timestamps) != len(item_ids) or (ratings is not None and len(ratings) != len(item_ids)):
-            raise RagrecError("item_ids, timestamps and ratings must have the same length")
-        unknown = [i for i in item_ids if i not in self.catalog]
-        if unknown:
-            raise RagrecError(_unknown_items(unknown, self))
-        with self._updates:
-            old = self.histories.get(user_id) or UserHistory(user_id, ())
-            n = len(old)
-            rows = list(zip(old.item_ids, old.timestamps or [None] * n, old.ratings or [None] * n))
-            rows += zip(item_ids, (int(t) for t in timestamps), ratings or [None] * len(item_ids))
-            if all(t is not None for _, t, _ in rows):
-                rows.sort(key=lambda r: r[1])  # stable: equal timestamps keep the older entry first
-            ids, times, rates = (tuple(col) for col in zip(*rows))
-            merged = UserHistory(user_id, ids, times if None not in times else (), rates)
-            self.histories[user_id] = merged
-            self.retriever.histories[user_id] = list(ids)
-        return merged
-
-    def add_items(self, items: Sequence[Item]) -> list[str]:
-        """Add new catalog items (ids not in the catalog yet), at once: they can be named in
-        feedback and histories, chat and text search find them (the scenario's text encoder embeds
-        them), and a scenario whose retriever is the text encoder retrieves them for users (they
-        join its FAISS index). Other retrievers score them after a retrain, once they have
-        interactions. Returns the ids added."""
-        ids = [it.item_id for it in items]
-        known = [i for i in ids if i in self.catalog]
-        if known or len(set(ids)) != len(ids):
-            raise RagrecError(f"item ids already in the catalog of {self.name!r} or repeated: {(known or ids)[:10]}")
-        with self._updates:
-            texts = {it.item_id: render_item_text(it) for it in items}
-            if self.text is not None:
-                self.text.add_items(texts)
-            encoder = self.retriever.encoder
-            if isinstance(encoder, TextEncoder) and encoder is not self.text:
-                encoder.add_items(texts)
-            if isinstance(encoder, TextEncoder):
-                self.retriever.index.add(ids, encoder.item_rows(encoder.indices(ids)))
-            for it in items:
-                self.catalog[it.item_id] = it
-            for cached in ("matcher", "categories", "priors"):  # rebuilt from the grown catalog on next use
-                self.__dict__.pop(cached, None)
-        return ids
-
-
-def _unknown_items(ids: Sequence[str], sc: Scenario) -> str:
-    examples = ", ".join(repr(i) for i in list(sc.catalog)[:5])
-    return f"unknown item ids {list(ids)[:10]} in scenario {sc.name!r} ({len(sc.catalog)} items, e.g. {examples})"
 
 
 @dataclass(frozen=True)
@@ -335,6 +82,20 @@ class Recommendation:
     @property
     def item_ids(self) -> list[str]:
         return [i.item_id for i in self.items]
+
+
+@dataclass(frozen=True)
+class TaskAnswer:
+    """The answer of a free-text task run by :meth:`Recommender.complete`: ``text`` (complete
+    sentences) and what the model wrote (``model_text``)."""
+
+    task: str
+    scenario: str
+    user_id: str | None
+    text: str
+    model_text: str
+    fallback: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 def shown_order(item_ids: Sequence[str]) -> np.ndarray:
@@ -371,17 +132,33 @@ class Recommender:
         if len(set(names)) != len(names):
             raise RagrecError(f"duplicate scenario names in {names}")
         self.loaded = loaded
-        self.config = config or RecommenderConfig()
         self.scenarios = {s.name: s for s in scenarios}
-        context = getattr(loaded.model.config, "max_position_embeddings", None)
-        self.budget = self.config.budget(context)
         self.builtin = builtin_registry()
         self._lock = threading.RLock()
-        self._tries: dict[str, TitleTrie] = {}
-        self._rankers: dict[str, LetterRanker] = {}
+        self.config = config or RecommenderConfig()  # also builds the prompt budget (see the setter)
         self.active_adapter: str | None = None  # the adapter in use for the last request (None: base model)
         self.adapter_names: dict[str, str] = {}  # scenario -> its peft adapter name (the scenario's name when loaded)
         self._attach_adapters()
+
+    @property
+    def config(self) -> RecommenderConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: RecommenderConfig) -> None:
+        """A new config (frozen; ``model_copy(update=...)``) replaces everything derived from the old
+        one (the prompt budget, rankers with their batch size, title tries), so nothing stale is used.
+        The model itself is not reloaded: ``model``, ``quantization``, ``dtype`` and ``device`` apply
+        at :meth:`from_pretrained`."""
+        if not isinstance(config, RecommenderConfig):
+            raise RagrecError(f"config must be a RecommenderConfig, got {type(config).__name__}")
+        config = RecommenderConfig(**config.model_dump())  # model_copy(update=...) does not validate: do it here
+        with self._lock:
+            self._config = config
+            context = getattr(self.loaded.model.config, "max_position_embeddings", None)
+            self.budget = config.budget(context)
+            self._tries: dict[str, TitleTrie] = {}
+            self._rankers: dict[str, LetterRanker] = {}
 
     # ------------------------------------------------------------------ scenarios and adapters
     @property
@@ -471,7 +248,8 @@ class Recommender:
                 req.fallback = res.fallback
         return [list(r.candidates) for r in results]
 
-    def _items(self, sc: Scenario, ids: Sequence[str]) -> list[Item]:
+    def history_items(self, sc: Scenario, ids: Sequence[str]) -> list[Item]:
+        """The catalog items of ``ids`` (ids not in the catalog are skipped), in order."""
         return [sc.catalog[i] for i in ids if i in sc.catalog]
 
     def score_candidates(
@@ -484,7 +262,7 @@ class Recommender:
             self._rankers[sc.name] = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
                                                   batch_size=self.config.batch_size)  # fmt: skip
         ranker = self._rankers[sc.name]
-        hist_items = [self._items(sc, h) for h in histories]
+        hist_items = [self.history_items(sc, h) for h in histories]
         shown = [[c[j] for j in shown_order(c)] if sc.config.candidate_order == "shuffled" else c for c in candidates]
         cand_items = [[sc.item(i) for i in c] for c in shown]
         with self.use(sc):
@@ -514,8 +292,8 @@ class Recommender:
         sc = self.scenario(scenario)
         shaping = _Shaping.of(sc, diversity, long_tail, calibration)
         rules = _rules(sc.config.rules if rules is None else rules, rule_fields)
-        if task not in RECOMMEND_TASKS:
-            raise UnknownNameError("recommend task", task, list(RECOMMEND_TASKS))
+        if task not in task_names(recommend=True):
+            raise UnknownNameError("recommend task", task, list(task_names(recommend=True)))
         n = self.config.candidates
         if not 1 <= k <= n:
             raise RagrecError(f"k must be between 1 and {n} (the candidates the LLM ranks; see `candidates`), got {k}")
@@ -711,6 +489,57 @@ class Recommender:
         items = tuple(RankedItem(i, fused[i], r, None, None, e) for r, (i, e) in enumerate(zip(ranked, ev), 1))
         return Recommendation(req.user_id, sc.name, "search", items, req.fallback, notes)
 
+    def complete(
+        self,
+        task: str,
+        user_id: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        scenario: str | None = None,
+        item_id: str | None = None,
+        **values: str,
+    ) -> TaskAnswer:
+        """Run a free-text task (a :mod:`ragrec.tasks` registration with ``output="text"``) from its
+        template: the template gets ``{history}`` (the user's recent items), ``{item_noun}``, with
+        ``item_id`` also ``{item}``, and any ``values`` (sanitised: data, never template syntax).
+        The generic runner a new task gets from one registration plus its template; explain and
+        chat have their own, with grounding. Returns the text (complete sentences only)."""
+        from ragrec.data.text import render_item_text
+        from ragrec.inference.explain import generate_text
+        from ragrec.prompts import count_tokens, fit_history, history_block, sanitize
+        from ragrec.tasks import TASKS
+
+        spec = TASKS.get(task)
+        if spec.output != "text":
+            raise RagrecError(f"task {task!r} answers with {spec.output!r}; complete() runs text tasks")
+        sc = self.scenario(scenario)
+        template = self.template(sc, task)
+        req = self._request(sc, user_id, history)
+        hist = self.history_items(sc, req.history.item_ids)
+        extra = {k: sanitize(str(v), self.budget.max_user_chars) for k, v in values.items()}
+        if item_id is not None:
+            extra["item"] = sanitize(render_item_text(sc.item(item_id)), self.budget.max_item_chars)
+        missing = sorted(template.variables - {"item_noun", "history", *extra})
+        if missing:
+            raise RagrecError(f"template {sc.name}/{task} needs {missing}; pass them as keyword arguments"
+                              + (" (item: item_id=...)" if "item" in missing else ""))  # fmt: skip
+        messages, _ = fit_history(
+            template,
+            lambda n: {
+                "item_noun": sc.config.item_noun,
+                **extra,
+                "history": history_block(hist[len(hist) - n :] if n else [], self.budget),
+            },  # fmt: skip
+            lambda m: count_tokens(self.loaded.tokenizer, m),
+            self.budget,
+        )
+        with self.use(sc):
+            text = generate_text(self.loaded, messages, template.output, sc.matcher.sentences)
+        done, rest = sc.matcher.sentences(text)
+        kept = " ".join(done) if done else ""
+        notes = ("the model's text ended mid-sentence; the unfinished part is not shown",) if rest else ()
+        return TaskAnswer(task, sc.name, req.user_id, kept, text, req.fallback, notes)
+
     def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
         gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)
         if allowed is None:  # the whole catalog, minus what the user has seen
@@ -721,7 +550,7 @@ class Recommender:
             target: Sequence[Item] | TitleTrie = self._tries[sc.name]
         else:
             target = [sc.item(c.item_id) for c in allowed]
-        history = self._items(sc, req.history.item_ids)
+        history = self.history_items(sc, req.history.item_ids)
         with self.use(sc):
             out = gen.generate(history, target, n=n, item_noun=sc.config.item_noun, exclude=history)
         seen = set(req.history.item_ids)  # an item sharing its title with a seen one is excluded with it
@@ -770,7 +599,7 @@ class Recommender:
         item = sc.item(item_id)
         req = self._request(sc, user_id, history)
         explainer = Explainer(self.loaded, self.template(sc, "explain"), sc.matcher, budget=self.budget)
-        hist = self._items(sc, req.history.item_ids)
+        hist = self.history_items(sc, req.history.item_ids)
         evidence = self.evidence(sc, req, [item_id])[0]
         if stream:
             return explainer.stream(hist, item, item_noun=sc.config.item_noun, evidence=evidence,
@@ -796,7 +625,7 @@ class Recommender:
         given = ratings if ratings is not None else (req.history.ratings or [None] * len(req.history))
         predictor = RatingPredictor(self.loaded, self.template(sc, "rate"), budget=self.budget)
         with self.use(sc):
-            return predictor.predict(self._items(sc, req.history.item_ids), list(given), items,
+            return predictor.predict(self.history_items(sc, req.history.item_ids), list(given), items,
                                      item_noun=sc.config.item_noun)  # fmt: skip
 
     def chat(self, user_id: str | None = None, *, history: Sequence[str] | None = None, scenario: str | None = None):
@@ -823,109 +652,3 @@ class Recommender:
             loaded = load_model(config.model, quantization=config.quantization, dtype=config.dtype,
                                 device=config.device, trust_remote_code=config.trust_remote_code)  # fmt: skip
         return cls(loaded, scenarios, config)
-
-
-def load_parts(
-    path: str | PathLike[str], *, embedder=None, **overrides: Any
-) -> tuple[RecommenderConfig, list[Scenario]]:
-    """The config and scenarios of a saved recommender, without loading its model."""
-    path = Path(path)
-    meta = read_json_meta(path / "recommender.json", "recommender")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise RagrecError(f"{path}: recommender format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    config = RecommenderConfig(**{**meta["config"], **overrides})
-    return config, [_load_scenario(path / "scenarios" / name, embedder) for name in meta["scenarios"]]
-
-
-def save_recommender(path: str | PathLike[str], scenarios: Sequence[Scenario], config: RecommenderConfig) -> Path:
-    """Write a recommender folder (see module docstring) without loading any model, atomically."""
-    path = Path(path)
-    with atomic_directory(path) as staging:
-        for sc in scenarios:
-            _save_scenario(sc, staging / "scenarios" / sc.name)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "config": config.model_dump(),
-            "scenarios": [s.name for s in scenarios],
-        }
-        atomic_write_text(staging / "recommender.json", json.dumps(meta, indent=2) + "\n")
-    return path
-
-
-def save_scenario_config(path: str | PathLike[str], config: ScenarioConfig) -> None:
-    """Replace one scenario's settings (fusion weight, learned fusion, item noun) in a saved
-    recommender folder, atomically, leaving its data, retriever and adapter as they are."""
-    target = Path(path) / "scenarios" / config.name / "scenario.json"
-    if not target.is_file():
-        raise RagrecError(f"{path}: no saved scenario {config.name!r}")
-    atomic_write_text(target, config.model_dump_json(indent=2) + "\n")
-
-
-def _save_scenario(sc: Scenario, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "scenario.json", sc.config.model_dump_json(indent=2) + "\n")  # see save_scenario_config
-    sc.data.save(folder / "data")
-    sc.retriever.save(folder / "retriever")
-    if sc.text is not None:
-        sc.text.save(folder / "text")
-    for tpl in sc.templates:
-        (folder / "templates").mkdir(exist_ok=True)
-        atomic_write_text(folder / "templates" / f"{tpl.task}.yaml",
-                          yaml.safe_dump(tpl.model_dump(mode="json", exclude_defaults=False), sort_keys=False))  # fmt: skip
-    if sc.adapter is not None:
-        check_adapter(sc.adapter)  # never copy a damaged adapter into a new folder
-        shutil.copytree(sc.adapter, folder / "adapter")
-    if sc.reranker is not None:
-        sc.reranker.save(folder / "reranker")
-    # What the folder must hold when it is loaded again: a part that goes missing later is refused
-    # instead of silently replaced (the base model for an adapter, a built-in template).
-    parts = {
-        "templates": sorted(t.task for t in sc.templates),
-        "adapter": None if sc.adapter is None else {"ragrec_meta": (folder / "adapter" / ADAPTER_META).is_file()},
-        "text": sc.text is not None,
-        "reranker": sc.reranker is not None,
-    }
-    atomic_write_text(folder / PARTS, json.dumps(parts, indent=2) + "\n")
-
-
-def _check_parts(folder: Path) -> None:
-    """Refuse a saved scenario that lost a part listed in its ``parts.json`` (folders saved before
-    ragrec wrote that file are loaded as they are)."""
-    if not (folder / PARTS).is_file():
-        return
-    parts = read_json_meta(folder / PARTS, "scenario parts list")
-    missing = [
-        f"templates/{t}.yaml" for t in parts.get("templates", []) if not (folder / "templates" / f"{t}.yaml").is_file()
-    ]
-    if parts.get("text") and not (folder / "text").is_dir():
-        missing.append("text/")
-    if parts.get("reranker") and not (folder / "reranker").is_dir():
-        missing.append("reranker/")
-    adapter = parts.get("adapter")
-    if adapter is not None and not (folder / "adapter").is_dir():
-        missing.append("adapter/")
-    if missing:
-        raise CacheError(f"{folder}: saved with {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                         f"missing now; restore {'it' if len(missing) == 1 else 'them'} or save the recommender again")  # fmt: skip
-    if adapter is not None:
-        check_adapter(folder / "adapter", require_meta=bool(adapter.get("ragrec_meta")))
-
-
-def _load_scenario(folder: Path, embedder=None) -> Scenario:
-    if not folder.is_dir():
-        raise RagrecError(f"{folder}: scenario folder missing")
-    config = ScenarioConfig(**read_json_meta(folder / "scenario.json", "scenario"))
-    _check_parts(folder)
-    text = None
-    if (folder / "text").is_dir():
-        text = load_encoder(folder / "text")
-        if not isinstance(text, TextEncoder):
-            raise RagrecError(f"{folder / 'text'}: not a text encoder ({text.kind})")
-        text._embedder = embedder
-    templates = TemplateRegistry()
-    if (folder / "templates").is_dir():
-        templates.load_dir(folder / "templates")
-    adapter = folder / "adapter" if (folder / "adapter").is_dir() else None
-    reranker = Reranker.load(folder / "reranker") if (folder / "reranker").is_dir() else None
-    return Scenario(config, InteractionData.load(folder / "data"), Retriever.load(folder / "retriever"), text,
-                    templates, adapter, reranker)  # fmt: skip

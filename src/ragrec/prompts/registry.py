@@ -6,7 +6,8 @@ from os import PathLike
 from pathlib import Path
 
 from ragrec.errors import UnknownNameError
-from ragrec.prompts.templates import TASKS, PromptTemplate
+from ragrec.prompts.templates import PromptTemplate
+from ragrec.tasks import TASKS
 
 __all__ = ["TemplateRegistry", "builtin_registry", "BUILTIN_DIR", "DEFAULT_SCENARIO"]
 

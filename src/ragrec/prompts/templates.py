@@ -20,11 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragrec.config import model_from_yaml
 from ragrec.data.text import clean_text, truncate
-from ragrec.errors import RagrecError
+from ragrec.errors import RagrecError, UnknownNameError
+from ragrec.tasks import TASKS
 
 __all__ = ["TASKS", "OutputContract", "PromptTemplate", "sanitize", "candidate_labels"]
 
-TASKS = ("rank", "generate", "explain", "rate", "chat")
 
 # Chat-template control sequences of common model families (<|im_start|>, <|user|>, [INST],
 # <start_of_turn>, <s>): removed from untrusted text so it cannot open a new turn.
@@ -78,12 +78,23 @@ class PromptTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     scenario: str = Field(description="Scenario name; 'default' is the fallback for every scenario.")
-    task: Literal["rank", "generate", "explain", "rate", "chat"] = Field(description="Task name.")
+    task: str = Field(description="Task name (one registered in ragrec.tasks).")
     version: int = Field(ge=1, description="Bumped whenever the wording changes (adapters record it).")
     system: str = Field(description="System message.")
     user: str = Field(description="User message with {placeholders}.")
     output: OutputContract
     description: str = ""
+
+    @model_validator(mode="after")
+    def _registered_task(self) -> PromptTemplate:
+        try:
+            spec = TASKS.get(self.task)
+        except UnknownNameError as exc:  # the message lists the registered tasks
+            raise ValueError(str(exc)) from None
+        if self.output.type != spec.output:
+            raise ValueError(f"task {self.task!r} answers with {spec.output!r}, but the template's output is "
+                             f"{self.output.type!r}")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _placeholders(self) -> PromptTemplate:

@@ -57,6 +57,7 @@ from ragrec.serve.schemas import (
 )
 from ragrec.serve.settings import ServeSettings
 from ragrec.serve.store import Deployment, FeedbackStore, Version
+from ragrec.tasks import task_names
 from ragrec.types import Item
 
 __all__ = ["create_app", "serve_in_background", "ApiError", "ServiceState"]
@@ -411,6 +412,12 @@ def create_app(
             raise ApiError(404, f"unknown item ids {unknown[:10]} in scenario {sc.name!r}", param=param,
                            code="unknown_item")  # fmt: skip
 
+    def check_task(task: str) -> None:
+        valid = task_names(recommend=True)
+        if task not in valid:
+            raise ApiError(422, f"task: unknown recommend task {task!r}; valid: {', '.join(valid)}", param="task",
+                           code="unknown_task")  # fmt: skip
+
     def check_text(text: str, param: str) -> None:
         if len(text) > settings.max_message_chars:
             raise ApiError(400, f"{param} is {len(text)} characters; the limit is {settings.max_message_chars}",
@@ -473,7 +480,7 @@ def create_app(
         user_id: str,
         scenario: str | None = None,
         n: int | None = None,
-        task: Annotated[str, Query(pattern="^(rank|generate)$")] = "rank",
+        task: Annotated[str, Query(description="A list-producing task (ragrec.tasks): rank or generate.")] = "rank",
         exclude: Annotated[
             list[str] | None, Query(description="Item ids to leave out (repeat or comma-separate).")
         ] = None,
@@ -483,6 +490,7 @@ def create_app(
     ):
         rec, sc = scenario_of(request, scenario)
         n = check_n(n, rec)
+        check_task(task)
         exclude = [e for part in exclude or () for e in part.split(",") if e]
         check_items(sc, exclude, "exclude")
         if user_id not in sc.histories and not fallback:
@@ -495,6 +503,7 @@ def create_app(
     async def session_recommend(request: Request, body: SessionRecommendRequest):
         rec, sc = scenario_of(request, body.scenario)
         n = check_n(body.n, rec)
+        check_task(body.task)
         if len(body.history) > settings.max_history:
             raise ApiError(400, f"history has {len(body.history)} items; the limit is {settings.max_history}",
                            param="history")  # fmt: skip

@@ -118,7 +118,7 @@ def retrain(
     """Rebuild the serving version's retrievers with the stored feedback; write and publish the
     new version (see module docstring). Adapters, templates, fusion and rerankers are carried over."""
     from ragrec.inference import Scenario
-    from ragrec.inference.recommender import load_parts, save_recommender
+    from ragrec.inference.persistence import load_parts, save_recommender
     from ragrec.retrieval import Retriever
 
     current = deployment.current()

@@ -68,7 +68,7 @@ class SessionRecommendRequest(_Strict):
     history: list[str] = Field(description="Item ids the anonymous user interacted with, oldest first.")
     scenario: str | None = None
     n: int | None = Field(None, description="List length (default: 10, or every candidate when fewer).")
-    task: Literal["rank", "generate"] = "rank"
+    task: str = Field("rank", description="A list-producing task (ragrec.tasks): rank or generate.")
     exclude: list[str] = []
 
 
