@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -32,12 +31,12 @@ from typing import Any, Literal
 import numpy as np
 
 from ragrec.errors import RagrecError, UnknownNameError
-from ragrec.inference.adapters import check_adapter
 from ragrec.inference.config import RecommenderConfig
 from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
 from ragrec.inference.fusion import _standardise
 from ragrec.inference.generate import ConstrainedGenerator, TitleTrie
+from ragrec.inference.host import ModelHost
 from ragrec.inference.models import LoadedModel, load_model
 from ragrec.inference.optimise import ListRules, calibrated, capped, category_mix, long_tail, mmr
 from ragrec.inference.persistence import load_parts, save_recommender
@@ -131,14 +130,10 @@ class Recommender:
         names = [s.name for s in scenarios]
         if len(set(names)) != len(names):
             raise RagrecError(f"duplicate scenario names in {names}")
-        self.loaded = loaded
+        self.host = ModelHost(loaded, {s.name: s.adapter for s in scenarios if s.adapter is not None})
         self.scenarios = {s.name: s for s in scenarios}
         self.builtin = builtin_registry()
-        self._lock = threading.RLock()
         self.config = config or RecommenderConfig()  # also builds the prompt budget (see the setter)
-        self.active_adapter: str | None = None  # the adapter in use for the last request (None: base model)
-        self.adapter_names: dict[str, str] = {}  # scenario -> its peft adapter name (the scenario's name when loaded)
-        self._attach_adapters()
 
     @property
     def config(self) -> RecommenderConfig:
@@ -153,7 +148,7 @@ class Recommender:
         if not isinstance(config, RecommenderConfig):
             raise RagrecError(f"config must be a RecommenderConfig, got {type(config).__name__}")
         config = RecommenderConfig(**config.model_dump())  # model_copy(update=...) does not validate: do it here
-        with self._lock:
+        with self.host.lock:
             self._config = config
             context = getattr(self.loaded.model.config, "max_position_embeddings", None)
             self.budget = config.budget(context)
@@ -179,36 +174,25 @@ class Recommender:
         except UnknownNameError:
             return self.builtin.get(scenario.name, task)
 
-    def _attach_adapters(self) -> None:
-        named = [(s.name, s.adapter) for s in self.scenarios.values() if s.adapter is not None]
-        if not named:
-            return
-        from peft import PeftModel
-
-        model = self.loaded.model
-        for name, path in named:
-            check_adapter(path, model, base_model=self.loaded.source)
-            self.adapter_names[name] = name
-            if isinstance(model, PeftModel):
-                model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            else:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
-        model.eval()
-        self.loaded.model = model
-
     @contextlib.contextmanager
     def use(self, scenario: Scenario) -> Iterator[None]:
         """Hold the model for ``scenario``: its adapter on (or every adapter off), others waiting."""
-        with self._lock:
-            model = self.loaded.model
-            if hasattr(model, "peft_config"):
-                if scenario.adapter is not None:
-                    model.base_model.enable_adapter_layers()
-                    model.set_adapter(self.adapter_names.get(scenario.name, scenario.name))
-                else:
-                    model.base_model.disable_adapter_layers()
-            self.active_adapter = scenario.name if scenario.adapter is not None else None
+        with self.host.use(scenario.name if scenario.adapter is not None else None):
             yield
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.host.loaded
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter in use for the last request (``None``: the base model)."""
+        return self.host.active
+
+    @property
+    def adapter_names(self) -> dict[str, str]:
+        """Scenario -> its peft adapter name (the scenario's name when loaded)."""
+        return self.host.adapter_names
 
     # ------------------------------------------------------------------ requests
     def _requests(
