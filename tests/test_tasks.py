@@ -68,3 +68,25 @@ def test_a_new_task_is_one_registration_plus_its_template(tiny_lm_dir, tmp_path,
     assert "summary" not in task_names(recommend=True)
     with pytest.raises(RagrecError, match="unknown recommend task 'summary'"):
         rec.recommend("u1", k=2, task="summary")
+
+
+def test_backends_are_registered_and_the_default_reads_the_same_scores(tiny_lm_dir):
+    from ragrec.inference.backends import BACKENDS, make_backend
+    from ragrec.inference.rank import LetterRanker
+
+    assert BACKENDS.names() == ["transformers"]
+    with pytest.raises(ValidationError, match="unknown backend 'vllm'; registered: transformers"):
+        RecommenderConfig(backend="vllm")
+    loaded = load_model(str(tiny_lm_dir), device="cpu")
+    rec = Recommender(loaded, [tiny_scenario()], RecommenderConfig(candidates=4))
+    ranker = LetterRanker(loaded, rec.template(rec.scenario(), "rank"))
+    sc = rec.scenario()
+    hist = [rec.history_items(sc, sc.histories[u].item_ids) for u in ("u1", "u2", "u3")]
+    cands = [[sc.catalog[i] for i in ("m1", "m2", "m3")], [sc.catalog[i] for i in ("m4", "m5", "m6", "m7")],
+             [sc.catalog[i] for i in ("m8", "m9")]]  # fmt: skip
+    texts, labels = ranker.prompts(hist, cands, "movie")
+    one_by_one = [make_backend("transformers", loaded, batch_size=1).token_logprobs([t], [ranker.label_ids(lb)])[0]
+                  for t, lb in zip(texts, labels)]  # fmt: skip
+    batched = ranker.label_scores(texts, labels)  # batched by length, padded: the same numbers, in input order
+    for a, b in zip(one_by_one, batched):
+        assert a.shape == b.shape and float(abs(a - b).max()) < 1e-4

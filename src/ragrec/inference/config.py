@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ragrec.inference.models import DEFAULT_MODEL
 from ragrec.prompts import PromptBudget
@@ -38,6 +38,20 @@ class RecommenderConfig(BaseModel):
         3, ge=0, le=20, description="History items attached to each recommended item as its evidence "
         "(the ones that moved its first-stage score most; 0: none).",
     )  # fmt: skip
+
+    backend: str = Field(
+        "transformers", description="Model backend that scores candidate letters and rating digits (registered "
+        "in ragrec.inference.backends; generation runs on transformers).",
+    )  # fmt: skip
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from ragrec.inference.backends import BACKENDS
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; registered: {', '.join(BACKENDS.names())}")
+        return v
 
     def budget(self, context: int | None = None) -> PromptBudget:
         max_tokens = min(self.max_tokens, context) if context else self.max_tokens

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from ragrec.errors import RagrecError
+from ragrec.inference.backends import Backend, make_backend
 from ragrec.inference.models import LoadedModel
 from ragrec.prompts import (
     PromptBudget,
@@ -35,13 +35,22 @@ class LetterRanker:
     """Scores lettered candidates with a causal LM (see module docstring)."""
 
     def __init__(
-        self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None, batch_size: int = 8
+        self,
+        loaded: LoadedModel,
+        template: PromptTemplate,
+        *,
+        budget: PromptBudget | None = None,
+        batch_size: int = 8,
+        backend: Backend | None = None,
     ) -> None:
         template.require_output("label")
         self.loaded = loaded
         self.template = template
         self.budget = budget or PromptBudget()
         self.batch_size = batch_size
+        # What reads the letters' log-probabilities (default: transformers over ``loaded``).
+        self.backend = backend or make_backend("transformers", loaded, batch_size=batch_size,
+                                               max_tokens=self.budget.max_tokens)  # fmt: skip
         self._label_ids: dict[str, int] = {}
         self._labels_for: dict[int, list[str]] = {}  # n -> labels; prompts() asks once per user
 
@@ -98,32 +107,10 @@ class LetterRanker:
             labels.append(labs)
         return texts, labels
 
-    @torch.no_grad()
     def label_scores(self, texts: Sequence[str], labels: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Log-probability of each label token at the answer position, per prompt (in input order).
-
-        Prompts are batched by token length (shortest first), so a batch pads little: padded
-        positions cost as much compute as real ones."""
-        tok, model = self.loaded.tokenizer, self.loaded.model
-        device = next(model.parameters()).device
-        lengths = [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out: list[np.ndarray | None] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            enc = tok([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            if enc["input_ids"].shape[1] > self.budget.max_tokens:
-                raise RagrecError(
-                    f"prompt of {enc['input_ids'].shape[1]} tokens exceeds the budget of {self.budget.max_tokens}"
-                )
-            logits = (
-                model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-            )  # (B, V): left padding puts every answer last
-            logp = torch.log_softmax(logits, dim=-1)
-            for row, i in enumerate(rows):
-                ids = torch.tensor(self.label_ids(labels[i]), device=device)
-                out[i] = logp[row, ids].cpu().numpy()  # (C,)
-        return out  # type: ignore[return-value]
+        """Log-probability of each label token at the answer position, per prompt (in input order),
+        read by the backend (default: transformers, batched by prompt length)."""
+        return self.backend.token_logprobs(texts, [self.label_ids(labs) for labs in labels])
 
     def rank(
         self,

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ragrec.data.text import render_item_text
 from ragrec.errors import RagrecError
+from ragrec.inference.backends import Backend, make_backend
 from ragrec.inference.models import LoadedModel
 from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
 from ragrec.types import Item
@@ -29,9 +31,17 @@ class RatingPrediction:
 class RatingPredictor:
     """Predicts ratings with the ``rate`` template (output contract: digits)."""
 
-    def __init__(self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        template: PromptTemplate,
+        *,
+        budget: PromptBudget | None = None,
+        backend: Backend | None = None,
+    ) -> None:
         template.require_output("digit")
         self.loaded = loaded
+        self.backend = backend or make_backend("transformers", loaded, max_tokens=None)
         self.template = template
         self.budget = budget or PromptBudget()
         self.values = list(template.output.values)
@@ -61,7 +71,6 @@ class RatingPredictor:
             texts.append(chat_text(self.loaded.tokenizer, msgs))
         return texts
 
-    @torch.no_grad()
     def predict(
         self,
         history: Sequence[Item],
@@ -71,15 +80,11 @@ class RatingPredictor:
         item_noun: str = "item",
     ) -> list[RatingPrediction]:
         """Predicted rating of each of ``items`` for a user with ``history`` (and its ratings)."""
-        tok, model = self.loaded.tokenizer, self.loaded.model
         texts = self.prompts(history, ratings, items, item_noun=item_noun)
         if not texts:
             return []
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            next(model.parameters()).device
-        )
-        logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()  # (B, V)
-        probs = torch.softmax(logits[:, self.ids], dim=-1)  # (B, 5): renormalised over the digits
+        logp = torch.from_numpy(np.stack(self.backend.token_logprobs(texts, [self.ids] * len(texts))))  # (B, 5)
+        probs = torch.softmax(logp, dim=-1)  # renormalised over the digits
         values = torch.tensor([float(v) for v in self.values])
         expected = probs.cpu() @ values
         return [

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragrec.errors import RagrecError, UnknownNameError
+from ragrec.inference.backends import make_backend
 from ragrec.inference.config import RecommenderConfig
 from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
@@ -243,8 +244,10 @@ class Recommender:
         candidate order. The building block of ``recommend`` and of evaluation."""
         sc = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
         if sc.name not in self._rankers:  # kept: it caches the label token ids
+            backend = make_backend(self.config.backend, self.loaded, batch_size=self.config.batch_size,
+                                   max_tokens=self.budget.max_tokens)  # fmt: skip
             self._rankers[sc.name] = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
-                                                  batch_size=self.config.batch_size)  # fmt: skip
+                                                  batch_size=self.config.batch_size, backend=backend)  # fmt: skip
         ranker = self._rankers[sc.name]
         hist_items = [self.history_items(sc, h) for h in histories]
         shown = [[c[j] for j in shown_order(c)] if sc.config.candidate_order == "shuffled" else c for c in candidates]

@@ -148,7 +148,11 @@ class PromptTemplate(BaseModel):
         ]
 
     def to_langchain(self):  # -> langchain_core.prompts.ChatPromptTemplate
-        """The same template as a LangChain ``ChatPromptTemplate`` (f-string variables)."""
-        from langchain_core.prompts import ChatPromptTemplate
+        """The same template as a LangChain ``ChatPromptTemplate`` (f-string variables); needs the
+        ``langchain`` extra."""
+        try:
+            from langchain_core.prompts import ChatPromptTemplate
+        except ImportError:
+            raise RagrecError("to_langchain needs langchain-core: pip install 'ragrec[langchain]'") from None
 
         return ChatPromptTemplate.from_messages([("system", self.system), ("human", self.user)])
