@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -250,71 +250,18 @@ def eval_llm_cmd(
     """Retriever vs retriever + LLM (zero-shot or adapter) on the test split, with paired bootstrap CIs."""
     import dataclasses
 
-    from ragrec import schema as S
-    from ragrec.errors import RagrecError
-    from ragrec.eval.llm import (
-        choose_fusion_weight,
-        fit_learned_fusion,
-        llm_results,
-        sample_users,
-        score_llm,
-        slot_bias,
-        slot_calibrated,
-        split_priors,
-    )
-    from ragrec.eval.protocol import beyond_context
-    from ragrec.eval.report import compare, write_report
-    from ragrec.inference.fusion import DEFAULT_FEATURES
+    from ragrec.eval.llm import evaluate_llm_stage
+    from ragrec.eval.report import write_report
 
     rec = _load(rec_dir, quantization, device)
     rec.config = rec.config.model_copy(update={"permutations": permutations})
     sc = rec.scenario(scenario)
     if not adapter and sc.adapter is not None:  # the adapter layers are switched off for this scenario
-        sc = rec.scenarios[sc.name] = dataclasses.replace(sc, adapter=None)
-    llm = "LLM" + (" (fine-tuned)" if sc.adapter is not None else " (zero-shot)")
-    systems: dict[str, Any] = {"retriever": None, f"retriever + {llm}": 0.0}
-    extra = {}
-    if tune_users:
-        picked = sample_users(list(sc.data.targets(S.VALID)), tune_users, seed)
-        valid = score_llm(rec, sc.name, split=S.VALID, users=picked, retrieved_only=True)  # misses: no LLM needed
-        weight, tried = choose_fusion_weight(valid)
-        systems[f"retriever + {llm}, fused (w={weight:g} on valid)"] = weight
-        extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
-    test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
-    bias = slot_bias(test)
-    extra["position_bias"] = bias.as_dict()
-    console.print(f"position bias: {bias.summary()}")
-    if tune_users:  # the LLM's own judgement of the items, its preference for early letters removed
-        try:
-            systems[f"retriever + {llm}, slot-calibrated on valid"] = slot_calibrated(test, valid)
-        except RagrecError as e:  # no validation target retrieved: said, not hidden
-            extra["slot_calibrated"] = f"not computed: {e}"
-    if tune_users and learned_fusion:
-        priors = {split: split_priors(sc, split) for split in (S.VALID, S.TEST)}
-        window = rec.config.max_history
-        for label, names in (
-            ("item priors, no LLM", [n for n in DEFAULT_FEATURES if n != "llm"]),
-            (llm, list(DEFAULT_FEATURES)),
-        ):
-            try:
-                fusion = fit_learned_fusion(valid, priors[S.VALID], names, max_history=window)
-            except RagrecError as e:  # too few validation targets retrieved: reported, not hidden
-                extra[f"learned_fusion ({label})"] = f"not fitted: {e}"
-                console.print(f"[yellow]learned fusion ({label}) not fitted: {e}[/yellow]")
-                continue
-            systems[f"learned fusion: retriever + {label}"] = [
-                fusion.score(x) for x in test.fusion_rows(priors[S.TEST], names, window)
-            ]
-            extra[f"learned_fusion ({label})"] = fusion.model_dump()
-    results = llm_results(test, systems, context=beyond_context(sc.data, S.TEST))
-    comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
-    notes = [f"Position bias (candidates are shown in the retriever's order): {bias.summary()}; share of top "
-             f"choices per slot in the JSON."]  # fmt: skip
-    if "slot_calibrated" not in extra and tune_users:
-        notes.append("Slot-calibrated: the LLM's scores minus the mean score of each slot over the validation users, "
-                     "i.e. what the model says about the items rather than where they were shown.")  # fmt: skip
-    written = write_report(out, [r.row() for r in results], title=f"LLM stage on {sc.data.name} (test)",
-                           results=results, comparisons=comparisons, notes=notes, extra=extra)  # fmt: skip
-    for r in results:
+        rec.scenarios[sc.name] = dataclasses.replace(sc, adapter=None)
+    rep = evaluate_llm_stage(rec, sc.name, users=users, tune_users=tune_users, seed=seed,
+                             learned_fusion=learned_fusion, log=console.print)  # fmt: skip
+    written = write_report(out, [r.row() for r in rep.results], title=rep.title, results=rep.results,
+                           comparisons=rep.comparisons, notes=rep.notes, extra=rep.extra)  # fmt: skip
+    for r in rep.results:
         console.print(f"{r.system}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.metrics().items()))
     console.print("wrote " + ", ".join(str(p) for p in written.values()))

@@ -36,6 +36,8 @@ __all__ = [
     "SlotBias",
     "slot_bias",
     "slot_calibrated",
+    "evaluate_llm_stage",
+    "LLMStageReport",
 ]
 
 
@@ -338,3 +340,78 @@ def llm_results(
         )  # fmt: skip
         for name, w in systems.items()
     ]
+
+
+@dataclass
+class LLMStageReport:
+    """What :func:`evaluate_llm_stage` measured: one result per system (the retriever first),
+    paired comparisons against it, notes for the report, and the extra JSON fields (fusion weight
+    tried on validation, position bias, learned fusions)."""
+
+    title: str
+    results: list
+    comparisons: list
+    notes: list[str]
+    extra: dict
+
+
+def evaluate_llm_stage(
+    rec: Recommender,
+    scenario: str | None = None,
+    *,
+    users: int | None = None,
+    tune_users: int = 200,
+    seed: int = 0,
+    learned_fusion: bool = True,
+    log=lambda s: None,
+) -> LLMStageReport:
+    """The retriever against retriever + LLM (as ``rec`` runs it: with the scenario's adapter or
+    zero-shot) on the test split of ``scenario``: the LLM's order, a fusion weight chosen on
+    ``tune_users`` validation users, the slot-calibrated LLM, and learned fusions with and without
+    the LLM; paired bootstrap CIs against the retriever. ``ragrec eval llm`` writes it."""
+    from ragrec.eval.protocol import beyond_context
+    from ragrec.eval.report import compare
+
+    sc = rec.scenario(scenario)
+    llm = "LLM" + (" (fine-tuned)" if sc.adapter is not None else " (zero-shot)")
+    systems: dict = {"retriever": None, f"retriever + {llm}": 0.0}
+    extra: dict = {}
+    valid = None
+    if tune_users:
+        picked = sample_users(list(sc.data.targets(S.VALID)), tune_users, seed)
+        valid = score_llm(rec, sc.name, split=S.VALID, users=picked, retrieved_only=True)  # misses: no LLM needed
+        weight, tried = choose_fusion_weight(valid)
+        systems[f"retriever + {llm}, fused (w={weight:g} on valid)"] = weight
+        extra = {"fusion_weight": weight, "valid_ndcg@10_by_weight": tried}
+    test = score_llm(rec, sc.name, split=S.TEST, users=sample_users(list(sc.data.targets(S.TEST)), users, seed))
+    bias = slot_bias(test)
+    extra["position_bias"] = bias.as_dict()
+    log(f"position bias: {bias.summary()}")
+    if valid is not None:  # the LLM's own judgement of the items, its preference for early letters removed
+        try:
+            systems[f"retriever + {llm}, slot-calibrated on valid"] = slot_calibrated(test, valid)
+        except RagrecError as e:  # no validation target retrieved: said, not hidden
+            extra["slot_calibrated"] = f"not computed: {e}"
+    if valid is not None and learned_fusion:
+        priors = {split: split_priors(sc, split) for split in (S.VALID, S.TEST)}
+        window = rec.config.max_history
+        for label, names in (("item priors, no LLM", [n for n in DEFAULT_FEATURES if n != "llm"]),
+                             (llm, list(DEFAULT_FEATURES))):  # fmt: skip
+            try:
+                fusion = fit_learned_fusion(valid, priors[S.VALID], names, max_history=window)
+            except RagrecError as e:  # too few validation targets retrieved: reported, not hidden
+                extra[f"learned_fusion ({label})"] = f"not fitted: {e}"
+                log(f"learned fusion ({label}) not fitted: {e}")
+                continue
+            systems[f"learned fusion: retriever + {label}"] = [
+                fusion.score(x) for x in test.fusion_rows(priors[S.TEST], names, window)
+            ]
+            extra[f"learned_fusion ({label})"] = fusion.model_dump()
+    results = llm_results(test, systems, context=beyond_context(sc.data, S.TEST))
+    comparisons = [(f"{r.system} - {results[0].system}", compare(r, results[0])) for r in results[1:]]
+    notes = [f"Position bias (candidates are shown in the retriever's order): {bias.summary()}; share of top "
+             f"choices per slot in the JSON."]  # fmt: skip
+    if "slot_calibrated" not in extra and valid is not None:
+        notes.append("Slot-calibrated: the LLM's scores minus the mean score of each slot over the validation users, "
+                     "i.e. what the model says about the items rather than where they were shown.")  # fmt: skip
+    return LLMStageReport(f"LLM stage on {sc.data.name} (test)", results, comparisons, notes, extra)
