@@ -10,7 +10,7 @@ LOCK := lock/requirements.txt
 # pulls the multi-GB CUDA wheels. Override with e.g. `make TORCH=torch==2.13.0+cu128 test`.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-all lint lock bench-data clean-venv
+.PHONY: demo test test-all lint lock bench-data clean-venv llamacpp
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,8 @@ bench-data: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The optional llama.cpp backend: llama-cpp-python has no wheel on PyPI, so pip builds it (cmake and a
+# C++ compiler; about 10 min on 2 cores). Not in the lock; `make test-all` then runs its slow test.
+llamacpp: $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install 'llama-cpp-python==0.3.36'

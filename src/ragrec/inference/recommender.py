@@ -244,8 +244,11 @@ class Recommender:
         candidate order. The building block of ``recommend`` and of evaluation."""
         sc = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
         if sc.name not in self._rankers:  # kept: it caches the label token ids
+            if sc.adapter is not None and self.config.backend != "transformers":
+                raise RagrecError(f"scenario {sc.name!r} has a LoRA adapter, which the {self.config.backend} backend "
+                                  "does not run yet; use backend='transformers'")  # fmt: skip
             backend = make_backend(self.config.backend, self.loaded, batch_size=self.config.batch_size,
-                                   max_tokens=self.budget.max_tokens)  # fmt: skip
+                                   max_tokens=self.budget.max_tokens, model=self.config.model)  # fmt: skip
             self._rankers[sc.name] = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
                                                   batch_size=self.config.batch_size, backend=backend)  # fmt: skip
         ranker = self._rankers[sc.name]

@@ -5,9 +5,9 @@ A backend is registered by name in :data:`BACKENDS` (a factory taking the
 What an implementer provides (:class:`Backend`): ``token_logprobs``, the log-probability of given
 tokens at the position right after each prompt, for a batch of prompts, under whatever adapter the
 caller holds (the letter ranker and the rating predictor read candidate letters and rating digits
-this way: one forward pass per batch, nothing generated). Text generation (explanations, chat,
-catalog-constrained titles) still runs on transformers; it moves behind this protocol with the
-llama.cpp backend (issue #14).
+this way: one forward pass per batch, nothing generated). Registered: ``transformers`` (default) and
+``llamacpp`` (GGUF on CPUs; :mod:`ragrec.inference.backends.llamacpp`). Text generation
+(explanations, chat, catalog-constrained titles) still runs on transformers.
 """
 
 from __future__ import annotations
@@ -47,4 +47,11 @@ def _transformers(loaded, **options) -> Backend:
     return TransformersBackend(loaded, **options)
 
 
+def _llamacpp(loaded, **options) -> Backend:
+    from ragrec.inference.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(loaded, **options)
+
+
 BACKENDS.register("transformers", _transformers)
+BACKENDS.register("llamacpp", _llamacpp)

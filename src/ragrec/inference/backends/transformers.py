@@ -20,7 +20,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, loaded, *, batch_size: int = 8, max_tokens: int | None = None) -> None:
+    def __init__(self, loaded, *, batch_size: int = 8, max_tokens: int | None = None, **_) -> None:
         self.loaded, self.batch_size, self.max_tokens = loaded, batch_size, max_tokens
 
     @torch.no_grad()
