@@ -57,9 +57,9 @@ def read_users(spec: str, path: str | PathLike[str], scenario: str | None = None
 
         _, scenarios = load_parts(path)
         by_name = {s.name: s for s in scenarios}
-        sc = by_name[scenario] if scenario in by_name else scenarios[0] if scenario is None else None
-        if sc is None:
+        if scenario is not None and scenario not in by_name:
             raise RagrecError(f"unknown scenario {scenario!r}; valid: {', '.join(by_name)}")
+        sc = by_name[scenario] if scenario is not None else scenarios[0]
         import pandas as pd
 
         from ragrec.data.dataset import id_sort_key

@@ -185,7 +185,7 @@ def _fit_hybrid(data, config, *, parts=(), **_):
 
 
 _register_trainers()
-SCENARIO_RETRIEVERS = ("auto", *(n for n in TRAINERS._entries if TRAINERS.get(n).scenario))
+SCENARIO_RETRIEVERS = ("auto", *(n for n in TRAINERS.in_order() if TRAINERS.get(n).scenario))
 
 
 def resolve_retriever(name: str, n_items: int) -> str:

@@ -19,7 +19,7 @@ Per user, with ``n`` targets, ``h`` of them in the top ``k``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,13 @@ __all__ = [
     "pad_ranks",
     "METRICS",
     "DEFAULT_KS",
+    "rrf_add",
+    "RRF_K",
+    "RRF_POOL",
 ]
+
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
+RRF_POOL = 200  # items taken from each ranked source before fusing them (chat, text search)
 
 DEFAULT_KS = (10, 20)
 
@@ -166,3 +172,11 @@ def metric_table(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str,
         for name, fn in METRICS.items():
             out[f"{name}@{k}"] = float(fn(ranks, k).mean()) if len(ranks) else 0.0
     return out
+
+
+def rrf_add(fused: dict[str, float], ranked: Iterable[str], k: int = RRF_K) -> dict[str, float]:
+    """Add one ranked list (best first) to a reciprocal-rank fusion: each id gains ``1 / (k + rank)``
+    (rank 1-based). Returns ``fused``, updated in place."""
+    for rank, i in enumerate(ranked, 1):
+        fused[i] = fused.get(i, 0.0) + 1.0 / (k + rank)
+    return fused

@@ -52,7 +52,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 def task_specs() -> list[TaskSpec]:
     """Every registered task, in registration order."""
-    return [TASKS.get(n) for n in TASKS._entries]
+    return [TASKS.get(n) for n in TASKS.in_order()]
 
 
 def task_names(*, recommend: bool | None = None, trainable: bool | None = None) -> tuple[str, ...]:

@@ -44,6 +44,7 @@ from ragrec.inference.evidence import display_name, evidence_for
 from ragrec.inference.explain import check_sentences, generate_text, prompt_text
 from ragrec.inference.grounding import Grounding, attribute_explanation
 from ragrec.prompts import count_tokens, fit_history, history_block, sanitize
+from ragrec.ranking import RRF_POOL, rrf_add
 from ragrec.types import Evidence, Item, RankedItem, UserHistory
 
 if TYPE_CHECKING:
@@ -75,9 +76,6 @@ class ChatHost(Protocol):
     def history_items(self, scenario: Scenario, ids: Sequence[str]) -> list[Item]:
         """The catalog items of ``ids``."""
 
-
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
-POOL = 200  # items taken from each source before fusion and filtering
 
 _DECADE = re.compile(r"\b(?:(1[89]|20)(\d)0|'?(\d)0)'?s\b", re.I)  # 1990s, 90s, '90s
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
@@ -257,22 +255,19 @@ class ChatSession:
               include_seen: bool, n: int, notes: list[str]) -> list[str]:  # fmt: skip
         sc, seen = self.scenario, set(self.history.item_ids)
         fused: dict[str, float] = {}
-        pool = min(POOL, len(sc.retriever.index))
+        pool = min(RRF_POOL, len(sc.retriever.index))
         seeds = list(anchors) or list(self.history.item_ids)
         if seeds:
             res = sc.retriever.retrieve(histories=[seeds], k=pool, exclude_seen=not include_seen)[0]
-            for c in res.candidates:
-                fused[c.item_id] = fused.get(c.item_id, 0.0) + 1.0 / (RRF_K + c.rank)
+            rrf_add(fused, (c.item_id for c in res.candidates))  # candidates come in rank order
         if include_seen:  # the history itself, most recent first
-            for rank, i in enumerate(reversed(self.history.item_ids), 1):
-                fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+            rrf_add(fused, reversed(self.history.item_ids))
         if sc.text is not None:
             scores = sc.text.encode_text([query])[0] @ sc.text.vectors.T  # (N,) cosine to the question
             order = [sc.text.item_ids[j] for j in np.argsort(-scores, kind="stable")]
             if keep is not None or wanted:  # a filter: search the whole catalog, not just the top of it
                 order = [i for i in order if i in sc.catalog and self._fits(sc.catalog[i], keep, wanted)]
-            for rank, i in enumerate(order[:pool], 1):
-                fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+            rrf_add(fused, order[:pool])
         else:
             notes.append("no text encoder in this scenario: items retrieved from the history only")
         ranked = sorted(fused, key=lambda i: -fused[i])

@@ -45,6 +45,7 @@ from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPrediction, RatingPredictor
 from ragrec.inference.scenario import Scenario, ScenarioConfig, _rules, _Shaping, _unknown_items
 from ragrec.prompts import PromptTemplate, builtin_registry
+from ragrec.ranking import RRF_POOL, rrf_add
 from ragrec.retrieval.retriever import MAX_K
 from ragrec.tasks import task_names
 from ragrec.types import Candidate, Item, RankedItem, UserHistory
@@ -63,8 +64,6 @@ __all__ = [
 ]
 
 RULES_DEPTH = 5  # with business rules, retrieve up to this many times the candidates to refill the list
-RRF_K = 60  # reciprocal-rank fusion constant of ``search`` (Cormack et al. 2009)
-SEARCH_POOL = 200  # items taken from each source before ``search`` fuses them
 
 
 @dataclass(frozen=True)
@@ -467,13 +466,10 @@ class Recommender:
             items = tuple(RankedItem(i, float(by_id[i]), r) for r, i in enumerate(order[:k], 1))
             return Recommendation(None, sc.name, "search", items, None, notes)
         seen = set(req.history.item_ids)
-        pool = min(SEARCH_POOL, len(sc.retriever.index))
-        fused: dict[str, float] = {}
-        for rank, i in enumerate([i for i in order if i not in seen][:pool], 1):
-            fused[i] = 1.0 / (RRF_K + rank)
+        pool = min(RRF_POOL, len(sc.retriever.index))
+        fused = rrf_add({}, [i for i in order if i not in seen][:pool])
         if req.fallback is None and req.history.item_ids:
-            for c in self._retrieve(sc, [req], pool)[0]:
-                fused[c.item_id] = fused.get(c.item_id, 0.0) + 1.0 / (RRF_K + c.rank)
+            rrf_add(fused, (c.item_id for c in self._retrieve(sc, [req], pool)[0]))  # candidates in rank order
         ranked = sorted(fused, key=lambda i: -fused[i])[:k]
         ev = self.evidence(sc, req, ranked)
         items = tuple(RankedItem(i, fused[i], r, None, None, e) for r, (i, e) in enumerate(zip(ranked, ev), 1))

@@ -209,6 +209,12 @@ class Scenario:
             self.retriever.histories[user_id] = list(ids)
         return merged
 
+    def check_new_items(self, ids: Sequence[str]) -> None:
+        """Raise :class:`RagrecError` unless ``ids`` are distinct and none is in the catalog yet."""
+        known = [i for i in ids if i in self.catalog]
+        if known or len(set(ids)) != len(ids):
+            raise RagrecError(f"item ids already in the catalog of {self.name!r} or repeated: {(known or ids)[:10]}")
+
     def add_items(self, items: Sequence[Item]) -> list[str]:
         """Add new catalog items (ids not in the catalog yet), at once: they can be named in
         feedback and histories, chat and text search find them (the scenario's text encoder embeds
@@ -216,9 +222,7 @@ class Scenario:
         join its FAISS index). Other retrievers score them after a retrain, once they have
         interactions. Returns the ids added."""
         ids = [it.item_id for it in items]
-        known = [i for i in ids if i in self.catalog]
-        if known or len(set(ids)) != len(ids):
-            raise RagrecError(f"item ids already in the catalog of {self.name!r} or repeated: {(known or ids)[:10]}")
+        self.check_new_items(ids)
         with self._updates:
             texts = {it.item_id: render_item_text(it) for it in items}
             if self.text is not None:

@@ -105,9 +105,7 @@ class ServiceState:
     recommender: Any
     version: Version
     store: FeedbackStore | None = None
-    deployment: Deployment | None = None
     feedback_lock: threading.Lock = field(default_factory=threading.Lock)
-    ready: bool = True
     replay_note: str | None = None
 
     def swap(self, recommender: Any, version: Version) -> None:
@@ -140,15 +138,16 @@ class _Conversations:
                 self._sessions.popitem(last=False)
 
 
-def _ranked(rec, sc, items) -> list[RankedOut]:
-    out = []
-    for it in items:
-        title = sc.catalog[it.item_id].title if it.item_id in sc.catalog else None
-        ev = [EvidenceOut(item_id=e.item_id, title=e.title, weight=float(e.weight), share=float(e.share))
-              for e in it.evidence]  # fmt: skip
-        out.append(RankedOut(item_id=it.item_id, rank=it.rank, score=float(it.score),
-                             retriever_score=it.retriever_score, title=title, evidence=ev))  # fmt: skip
-    return out
+def _evidence_out(evidence) -> list[EvidenceOut]:
+    return [EvidenceOut(item_id=e.item_id, title=e.title, weight=float(e.weight), share=float(e.share))
+            for e in evidence]  # fmt: skip
+
+
+def _ranked(sc, items) -> list[RankedOut]:
+    return [RankedOut(item_id=it.item_id, rank=it.rank, score=float(it.score), retriever_score=it.retriever_score,
+                      title=sc.catalog[it.item_id].title if it.item_id in sc.catalog else None,
+                      evidence=_evidence_out(it.evidence))
+            for it in items]  # fmt: skip
 
 
 def _item_out(item: Item) -> ItemOut:
@@ -157,10 +156,9 @@ def _item_out(item: Item) -> ItemOut:
 
 
 def _explanation_out(ex) -> ExplanationOut:
-    ev = [EvidenceOut(item_id=e.item_id, title=e.title, weight=float(e.weight), share=float(e.share))
-          for e in ex.evidence]  # fmt: skip
     return ExplanationOut(item_id=ex.item_id, text=ex.text, grounded=ex.grounded, fallback=ex.fallback,
-                          notes=list(ex.notes), evidence=ev, cited=list(ex.grounding.cited))  # fmt: skip
+                          notes=list(ex.notes), evidence=_evidence_out(ex.evidence),
+                          cited=list(ex.grounding.cited))  # fmt: skip
 
 
 def _sse(event: str | None, data: Any) -> str:
@@ -224,7 +222,7 @@ def create_app(
     version = deployment.current() if deployment is not None else Version("in-memory", None)  # type: ignore[arg-type]
     if deployment is not None and store is None:
         store = deployment.open_store()
-    state = ServiceState(recommender, version, store, deployment)
+    state = ServiceState(recommender, version, store)
     if store is not None:
         rep = replay(recommender, store, version)
         state.replay_note = f"replayed {rep.items} items and {rep.interactions} interactions" + (
@@ -261,7 +259,7 @@ def create_app(
         return out
 
     batcher = MicroBatcher(
-        lambda key, payloads: run_rank(key, payloads),
+        run_rank,
         window_s=settings.batch_window_ms / 1000,
         max_batch=settings.max_batch,
         enabled=settings.micro_batching,
@@ -412,6 +410,11 @@ def create_app(
             raise ApiError(404, f"unknown item ids {unknown[:10]} in scenario {sc.name!r}", param=param,
                            code="unknown_item")  # fmt: skip
 
+    def check_user(sc, user_id: str, param: str = "user_id", hint: str = "") -> None:
+        if user_id not in sc.histories:
+            raise ApiError(404, f"unknown user {user_id!r} in scenario {sc.name!r}{hint}", param=param,
+                           code="unknown_user")  # fmt: skip
+
     def check_task(task: str) -> None:
         valid = task_names(recommend=True)
         if task not in valid:
@@ -423,12 +426,16 @@ def create_app(
             raise ApiError(400, f"{param} is {len(text)} characters; the limit is {settings.max_message_chars}",
                            param=param, code="message_too_long")  # fmt: skip
 
-    async def in_thread(fn: Callable, *args, **kwargs):
+    async def bounded(work):
+        """``work`` awaited within the request timeout, else 504."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), settings.request_timeout_s)
+            return await asyncio.wait_for(work, settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"the model did not answer within {settings.request_timeout_s:g} s",
                            code="timeout") from None  # fmt: skip
+
+    async def in_thread(fn: Callable, *args, **kwargs):
+        return await bounded(asyncio.to_thread(fn, *args, **kwargs))
 
     async def ranked(request: Request, sc, n: int, task: str, exclude: list[str], *, user=None, history=None):
         rec = state.recommender
@@ -439,18 +446,14 @@ def create_app(
         else:
             batch_key = (sc.name, n, "user" if user is not None else "history", tuple(exclude))
             payload = {"user": user} if user is not None else {"history": history}
-            try:
-                out = await asyncio.wait_for(batcher.submit(batch_key, payload), settings.request_timeout_s)
-            except asyncio.TimeoutError:
-                raise ApiError(504, f"the model did not answer within {settings.request_timeout_s:g} s",
-                               code="timeout") from None  # fmt: skip
+            out = await bounded(batcher.submit(batch_key, payload))
             if isinstance(out, Exception):
                 raise out
             answer, version = out
         if answer.fallback:
             metrics.fallbacks.labels(request.scope["route"].path, sc.name).inc()
         return RecommendResponse(user_id=answer.user_id, scenario=sc.name, task=answer.task,
-                                 items=_ranked(rec, sc, answer.items), fallback=answer.fallback,
+                                 items=_ranked(sc, answer.items), fallback=answer.fallback,
                                  notes=list(answer.notes), version=version)  # fmt: skip
 
     # ------------------------------------------------------------------ health and metrics (no key)
@@ -461,11 +464,15 @@ def create_app(
         return {"status": "ok"}
 
     @health.get("/health/ready")
-    async def ready():
-        body = {"status": "ready" if state.ready else "starting", "version": state.version.name,
-                "scenarios": list(state.recommender.scenarios), "feedback_store": state.store is not None,
-                "replay": state.replay_note}  # fmt: skip
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+    async def ready() -> dict:
+        # The app exists only once its recommender is loaded and the feedback replayed: it is ready.
+        return {
+            "status": "ready",
+            "version": state.version.name,
+            "scenarios": list(state.recommender.scenarios),
+            "feedback_store": state.store is not None,
+            "replay": state.replay_note,
+        }
 
     api = APIRouter(dependencies=[Depends(require_key)])
 
@@ -493,10 +500,9 @@ def create_app(
         check_task(task)
         exclude = [e for part in exclude or () for e in part.split(",") if e]
         check_items(sc, exclude, "exclude")
-        if user_id not in sc.histories and not fallback:
-            raise ApiError(404, f"unknown user {user_id!r} in scenario {sc.name!r}; send feedback for them, post "
-                           "their history to /session/recommend, or add fallback=true for popular items",
-                           param="user_id", code="unknown_user")  # fmt: skip
+        if not fallback:
+            check_user(sc, user_id, hint="; send feedback for them, post their history to /session/recommend, "
+                       "or add fallback=true for popular items")  # fmt: skip
         return await ranked(request, sc, n, task, exclude, user=user_id)
 
     @api.post("/session/recommend", response_model=RecommendResponse)
@@ -524,11 +530,10 @@ def create_app(
         check_text(q, "q")
         if not 1 <= n <= 100:
             raise ApiError(400, f"n must be between 1 and 100, got {n}", param="n")
-        if user_id is not None and user_id not in sc.histories:
-            raise ApiError(404, f"unknown user {user_id!r} in scenario {sc.name!r}", param="user_id",
-                           code="unknown_user")  # fmt: skip
+        if user_id is not None:
+            check_user(sc, user_id)
         hits = await in_thread(rec.search, q, user_id, scenario=sc.name, k=n)
-        return SearchResponse(scenario=sc.name, query_chars=len(q), items=_ranked(rec, sc, hits.items),
+        return SearchResponse(scenario=sc.name, query_chars=len(q), items=_ranked(sc, hits.items),
                               notes=list(hits.notes))  # fmt: skip
 
     # ------------------------------------------------------------------ explanations (SSE)
@@ -536,9 +541,7 @@ def create_app(
     async def explain(request: Request, user_id: str, item_id: str, scenario: str | None = None, stream: bool = True):
         rec, sc = scenario_of(request, scenario)
         check_items(sc, [item_id], "item_id")
-        if user_id not in sc.histories:
-            raise ApiError(404, f"unknown user {user_id!r} in scenario {sc.name!r}", param="user_id",
-                           code="unknown_user")  # fmt: skip
+        check_user(sc, user_id)
         if not stream:
             ex = await in_thread(rec.explain, item_id, user_id, scenario=sc.name)
             return _explanation_out(ex)
@@ -564,7 +567,6 @@ def create_app(
         if len(rows) > settings.max_feedback:
             raise ApiError(400, f"{len(rows)} interactions; the limit per request is {settings.max_feedback}",
                            param="body")  # fmt: skip
-        rec = state.recommender
         stamp = int(time.time())
         checked = []
         for j, row in enumerate(rows):
@@ -572,9 +574,9 @@ def create_app(
             check_items(sc, [row.item_id], f"[{j}].item_id")
             checked.append((sc.name, row.user_id, row.item_id, row.timestamp if row.timestamp is not None else stamp,
                             row.rating))  # fmt: skip
-        return await in_thread(accept_feedback, rec, checked)
+        return await in_thread(accept_feedback, checked)
 
-    def accept_feedback(rec, rows: list[tuple]) -> FeedbackResponse:
+    def accept_feedback(rows: list[tuple]) -> FeedbackResponse:
         with state.feedback_lock:
             ids = state.store.add_interactions(rows) if state.store is not None else []  # durable first
             target = state.recommender
@@ -590,15 +592,15 @@ def create_app(
 
     @api.post("/items", response_model=ItemsResponse, status_code=201)
     async def add_items(request: Request, body: ItemsRequest):
-        rec, sc = scenario_of(request, body.scenario)
+        _, sc = scenario_of(request, body.scenario)
         if len(body.items) > settings.max_feedback:
             raise ApiError(400, f"{len(body.items)} items; the limit per request is {settings.max_feedback}",
                            param="items")  # fmt: skip
-        known = [it.item_id for it in body.items if it.item_id in sc.catalog]
         ids = [it.item_id for it in body.items]
-        if known or len(set(ids)) != len(ids):
-            raise ApiError(409, f"item ids already in the catalog or repeated: {(known or ids)[:10]}",
-                           param="items", code="item_exists")  # fmt: skip
+        try:
+            sc.check_new_items(ids)  # before anything is stored
+        except RagrecError as exc:
+            raise ApiError(409, str(exc), param="items", code="item_exists") from None
         items = [Item(it.item_id, it.title, it.year, tuple(it.categories), it.brand, it.description)
                  for it in body.items]  # fmt: skip
         for j, it in enumerate(body.items):
@@ -639,9 +641,8 @@ def create_app(
         if not talk or talk[-1][1] != "user" or not talk[-1][2].strip():
             raise ApiError(400, "the last user/assistant message must be a non-empty user message",
                            param="messages")  # fmt: skip
-        if body.user is not None and body.user not in sc.histories:
-            raise ApiError(404, f"unknown user {body.user!r} in scenario {sc.name!r} (leave `user` out to chat "
-                           "without a history)", param="user", code="unknown_user")  # fmt: skip
+        if body.user is not None:
+            check_user(sc, body.user, "user", " (leave `user` out to chat without a history)")
         turns, pending = [], None
         for _, role, text in talk[:-1]:
             if role == "user":
@@ -654,7 +655,7 @@ def create_app(
         if answer.fallback:
             metrics.fallbacks.labels("/v1/chat/completions", sc.name).inc()
         extra = {
-            "items": [r.model_dump() for r in _ranked(rec, sc, answer.items)],
+            "items": [r.model_dump() for r in _ranked(sc, answer.items)],
             "grounded": answer.grounding.grounded and answer.fallback is None,
             "fallback": answer.fallback,
             "notes": list(answer.notes),
