@@ -70,7 +70,36 @@ def test_examples_use_training_interactions_only(loaded):
     assert len({e.completion for e in ranks}) >= 3  # shuffled: the target is not always in one slot
     rates = [e for e in ex.examples if e.task == "rate"]
     assert all(e.completion in {"1", "2", "3", "4", "5"} for e in rates)
-    assert all(e.completion.startswith("I liked") for e in ex.examples if e.task == "explain")
+    for e in (e for e in ex.examples if e.task == "explain"):  # the evidence sentence, then the user's review
+        evidence, review = e.completion.split(". I liked", 1)
+        assert evidence.startswith("You enjoyed") and review.startswith(" this one")
+        named = rec.scenario().matcher.cited(evidence)  # in order; the first is a history item it cites
+        assert named and named[0] in train[e.user_id].item_ids[: train[e.user_id].item_ids.index(e.item_id)]
+
+
+def test_chat_examples_are_grounded_conversations(loaded):
+    from conftest import tiny_scenario
+    from ragrec.finetune.examples import CHAT_QUESTIONS
+    from ragrec.inference.grounding import TitleMatcher
+
+    sc = tiny_scenario()
+    rec = Recommender(loaded, [sc], REC)
+    ex = build_examples(rec, None, FinetuneConfig(mixture={"chat": 1}, examples=30, positions=4, candidates=6))
+    chats = ex.examples
+    assert ex.counts == {"chat": len(chats)} and len(chats) >= 20
+    questions = {q.split("{")[0] for forms in CHAT_QUESTIONS.values() for q in forms}
+    later = 0
+    for e in chats:
+        answer = e.completion
+        assert answer.endswith(".")  # a complete answer, the model learns to stop there
+        asked = e.prompt.rsplit("My message: ", 1)[1].split("<|im_end|>")[0]
+        assert any(asked.startswith(q) for q in questions)  # from the training bank, never the benchmark script
+        later += e.prompt.count("<|im_start|>assistant") > 1  # an earlier turn is in the prompt
+        cited = TitleMatcher(sc.catalog.values()).cited(answer)
+        assert cited and e.item_id in cited
+        assert all(sc.catalog[i].title in e.prompt for i in cited)  # it names only what the prompt shows
+    assert later >= 3
+    assert len({" ".join(e.completion.split(" ")[:2]) for e in chats}) >= 2  # requests and "why" answers
 
 
 def test_rank_examples_are_drawn_like_serving_candidates(loaded):
@@ -131,8 +160,14 @@ def test_answer_loss_is_over_the_candidates_for_rank_rows():
 
 def test_tasks_without_data_are_dropped_and_said(loaded):
     rec = Recommender(loaded, [_scenario(movie_data())], REC)
-    ex = build_examples(rec, None, FinetuneConfig(mixture={"rank": 1, "explain": 1}, examples=10, candidates=6))
+    config = FinetuneConfig(mixture={"rank": 1, "explain": 1}, examples=10, candidates=6, explain_targets="reviews")
+    ex = build_examples(rec, None, config)
     assert set(ex.counts) == {"rank"} and any("explain" in n and "review" in n for n in ex.notes)
+    inter = movie_data().interactions_frame()[[S.USER_ID, S.ITEM_ID, S.TIMESTAMP, S.SPLIT]]
+    untitled = InteractionData.from_frames("ids", inter)  # no titles, no reviews: nothing to explain from
+    rec = Recommender(loaded, [_scenario(untitled)], REC)
+    ex = build_examples(rec, None, config.model_copy(update={"explain_targets": "auto"}))
+    assert set(ex.counts) == {"rank"} and any("review text or item titles" in n for n in ex.notes)
 
 
 def test_dataset_masks_the_prompt(loaded):
@@ -201,7 +236,10 @@ def test_finetune_saves_an_adapter_the_recommender_serves(loaded, tiny_lm_dir, t
     assert [i.score for i in a.items] != [i.score for i in b.items]
 
 
-@pytest.mark.parametrize(("task", "metric", "higher"), [("explain", "rouge_l", True), ("rate", "rating_mae", False)])
+@pytest.mark.parametrize(
+    ("task", "metric", "higher"),
+    [("explain", "rouge_l", True), ("rate", "rating_mae", False), ("chat", "chat_kept", True)],
+)
 def test_validation_follows_the_tasks_trained(tiny_lm_dir, tmp_path, task, metric, higher):
     from ragrec.finetune.trainer import validation_metric
 
@@ -215,6 +253,10 @@ def test_validation_follows_the_tasks_trained(tiny_lm_dir, tmp_path, task, metri
     assert m[f"valid_{metric}_best"] == best(v for _, v in m["valid_curve"])
     if metric == "rating_mae":
         assert all(0 <= v <= 4 for _, v in m["valid_curve"])  # ratings 1-5
+    elif metric == "chat_kept":
+        assert all(0 <= v <= 1 for _, v in m["valid_curve"])
+        # explain first in the registry, but without review text its ROUGE-L cannot be validated: chat decides
+        assert validation_metric(_config(mixture={"explain": 1, "chat": 1}), movie_data()) == ("chat_kept", True)
     else:
         assert all(0 <= v <= 100 for _, v in m["valid_curve"])
 

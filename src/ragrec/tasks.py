@@ -74,4 +74,5 @@ register_task(TaskSpec("explain", "text", "Say why an item suits the user, from 
                        trainable=True, needs="review text", metric="rouge_l"))  # fmt: skip
 register_task(TaskSpec("rate", "digit", "Predict the user's rating of an item (expectation over the digits).",
                        trainable=True, needs="ratings", metric="rating_mae", higher_is_better=False))  # fmt: skip
-register_task(TaskSpec("chat", "text", "Answer a follow-up question about the user's recommendations."))
+register_task(TaskSpec("chat", "text", "Answer a follow-up question about the user's recommendations.",
+                       trainable=True, needs="training sequences of 3+ items", metric="chat_kept"))  # fmt: skip

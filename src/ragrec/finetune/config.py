@@ -86,10 +86,15 @@ class FinetuneConfig(BaseModel):
     # ---- examples (all from training-split interactions only)
     mixture: dict[str, float] = Field(
         default_factory=lambda: {"rank": 1.0},
-        description="Share of each task among the examples (rank, rate, explain); normalised. "
-        "A task without its data (no ratings, no review text) is dropped and reported.",
+        description="Share of each task among the examples (rank, rate, explain, chat); normalised. "
+        "A task without its data (no ratings; no review text and no titles) is dropped and reported.",
     )
-    examples: int = Field(1000, ge=1, description="Training examples in all (before dropping tasks without data).")
+    examples: int = Field(
+        1000,
+        ge=1,
+        description="Training examples in all (before dropping tasks without data); "
+        "for chat, conversations (one to three turns, an example each).",
+    )
     positions: int = Field(
         1, ge=1, description="Targets per user, counted back from the end of their training sequence."
     )
@@ -108,6 +113,11 @@ class FinetuneConfig(BaseModel):
     )  # fmt: skip
     max_review_chars: int = Field(400, ge=20, description="Explain targets: review text cut at a sentence end.")
     min_review_chars: int = Field(40, ge=1, description="Explain targets: shorter reviews are skipped.")
+    explain_targets: Literal["auto", "evidence", "reviews"] = Field(
+        "auto", description="Explain answers: `evidence`, a sentence naming the history items that drove the item "
+        "and the categories it shares with them (catalogs with titles); `reviews`, the user's own review of it; "
+        "`auto`, the evidence sentence where the catalog has titles followed by the review where one exists.",
+    )  # fmt: skip
     seed: int = Field(0, description="Seed of example sampling, negative sampling, shuffling and training.")
 
     # ---- LoRA

@@ -20,8 +20,19 @@ training example (they are not even loaded).
   shuffled, so the letter's position carries no signal; the answer is the target's letter and
   ``choices`` lists every candidate's letter (for the loss over candidates).
 * **rate**: the answer is the rounded rating (when the data has ratings).
-* **explain**: the answer is the user's own review of the target (when the data has review
-  text), cut at a sentence end. No target text is ever invented.
+* **explain**: the prompt carries the target's evidence (the history items that drove it, as
+  serving computes it); the answer names them: where the catalog has titles, a sentence built from
+  the evidence and the categories the target shares with it (``attribute_explanation``, what a
+  person can check), followed by the user's own review of the target where one exists (cut at a
+  sentence end). ``explain_targets`` picks ``reviews`` or ``evidence`` alone.
+* **chat**: short conversations (one to three turns) over the history before the position, with
+  questions drawn from a training question bank (:data:`CHAT_QUESTIONS`: requests, filters by
+  category and decade, "like X", "why the first one"), each prompt rendered by
+  :meth:`ChatSession.prepare` as at serving time; the answer is the data-built answer
+  (:meth:`ChatSession.data_answer`: the items offered and the history items behind them), kept
+  only when it passes the same grounding check as a model's answer.
+
+No target names an item, a category or a year the data does not support.
 """
 
 from __future__ import annotations
@@ -34,11 +45,13 @@ from typing import Any
 import numpy as np
 
 from ragrec import schema as S
-from ragrec.data.text import clean_review
+from ragrec.data.text import clean_review, clean_text
 from ragrec.errors import RagrecError
 from ragrec.finetune.config import FinetuneConfig
+from ragrec.inference.chat import ChatSession
 from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer
+from ragrec.inference.grounding import attribute_explanation
 from ragrec.inference.rank import LetterRanker
 from ragrec.inference.rate import RatingPredictor
 from ragrec.inference.recommender import Recommender
@@ -48,7 +61,7 @@ from ragrec.registry import Registry
 from ragrec.tasks import TASKS
 from ragrec.types import UserHistory
 
-__all__ = ["Example", "ExampleSet", "ExampleBuilder", "BUILDERS", "build_examples", "to_dataset"]
+__all__ = ["Example", "ExampleSet", "ExampleBuilder", "BUILDERS", "CHAT_QUESTIONS", "build_examples", "to_dataset"]
 
 
 @dataclass(frozen=True)
@@ -249,18 +262,110 @@ def _rate(rec, sc, src: _Sources, picked) -> list[Example]:
     return out
 
 
+def _titled(sc: Scenario) -> bool:
+    """Whether the catalog has titles (an evidence-built sentence can name items a person knows)."""
+    return any(item.title for item in sc.catalog.values())
+
+
+def _explain_pool(src: _Sources) -> list[_Position]:
+    mode = src.config.explain_targets
+    if mode != "reviews" and _titled(src.sc):
+        return [p for p in src.positions if src.sequences[p.user_id].item_ids[: p.t]]
+    return [p for p in src.positions if (p.user_id, p.t) in src.reviews] if mode != "evidence" else []
+
+
 def _explain(rec, sc, src: _Sources, picked) -> list[Example]:
-    sequences, reviews = src.sequences, src.reviews
+    sequences, reviews, mode = src.sequences, src.reviews, src.config.explain_targets
     explainer = Explainer(rec.loaded, rec.template(sc, "explain"), sc.matcher, budget=rec.budget)
+    titled = mode != "reviews" and _titled(sc)
     out = []
     for p in picked:
         h = sequences[p.user_id]
         item = sc.catalog[h.item_ids[p.t]]
         past = h.item_ids[: p.t]  # the evidence as serving computes it, from the history at that point
         evidence = evidence_for(sc.retriever.encoder, sc.catalog, past, [item.item_id], rec.config.evidence)[0]
-        messages = explainer.messages(rec.history_items(sc, past), item, sc.config.item_noun, evidence)
+        hist = rec.history_items(sc, past)
+        parts = []
+        if titled:
+            support = [sc.catalog[e.item_id] for e in evidence if e.item_id in sc.catalog]
+            parts.append(attribute_explanation(item, hist, sc.config.item_noun, support))
+        if mode != "evidence" and (p.user_id, p.t) in reviews:
+            parts.append(reviews[(p.user_id, p.t)])
+        messages = explainer.messages(hist, item, sc.config.item_noun, evidence)
         out.append(Example("explain", p.user_id, item.item_id, chat_text(rec.loaded.tokenizer, messages),
-                           reviews[(p.user_id, p.t)]))  # fmt: skip
+                           " ".join(parts)))  # fmt: skip
+    return out
+
+
+# Training questions for chat examples, worded differently from benchmarks/data/chat_script.yaml
+# (the benchmark's script is never trained on). {noun}: the scenario's item noun; {cat}: a catalog
+# category; {decade}: a decade of the catalog's years; {title}: a history item; {ord}: an ordinal
+# of the list shown last; {k}: its number.
+CHAT_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "recommend": ("what would you suggest for me?", "what else might I enjoy?", "pick a few {noun}s for me",
+                  "I'd like a new {noun} for the weekend", "anything else worth my time?"),
+    "category": ("give me some {cat} picks", "I'm in the mood for {cat}", "got any good {cat} titles?"),
+    "decade": ("anything from the {decade}?", "a {noun} from the {decade}, please", "{cat} from the {decade}?"),
+    "like": ("more {noun}s like {title}", "anything along the lines of {title}?", "similar to {title}, please"),
+    "about": ("what makes the {ord} one a good fit?", "explain pick number {k}", "why did you suggest {title}?",
+              "how does the {ord} one match my taste?", "what about the {ord}?"),
+}  # fmt: skip
+_ORD = ("first", "second", "third", "fourth", "fifth")
+
+
+def _chat_question(kind: str, sc: Scenario, session: ChatSession, past: Sequence[str], rng) -> str | None:
+    """One training question of ``kind`` with its slots filled from the catalog and the session."""
+    noun = sc.config.item_noun
+    forms = list(CHAT_QUESTIONS[kind])
+    form = forms[int(rng.integers(len(forms)))]
+    fill: dict[str, str] = {"noun": noun}
+    if "{cat}" in form:
+        if not sc.categories:
+            return None
+        fill["cat"] = sc.categories[int(rng.integers(len(sc.categories)))]
+    if "{decade}" in form:
+        years = sorted({i.year for i in sc.catalog.values() if i.year})
+        if not years:
+            return None
+        fill["decade"] = f"{years[int(rng.integers(len(years)))] // 10 * 10}s"
+    if "{title}" in form:
+        pool = past if kind == "like" else session.shown
+        titled = [i for i in pool if i in sc.catalog and sc.catalog[i].title]
+        if not titled:
+            return None
+        fill["title"] = clean_text(sc.catalog[titled[int(rng.integers(min(len(titled), 5)))]].title) or ""
+    if "{ord}" in form or "{k}" in form:
+        n = min(len(session.shown), len(_ORD))
+        if not n:
+            return None
+        k = int(rng.integers(n))
+        fill |= {"ord": _ORD[k], "k": str(k + 1)}
+    return form.format(**fill)
+
+
+def _chat(rec, sc, src: _Sources, picked) -> list[Example]:
+    sequences, rng = src.sequences, src.rng
+    out: list[Example] = []
+    tokenizer = rec.loaded.tokenizer
+    for p in picked:
+        past = list(sequences[p.user_id].item_ids[: p.t])
+        session = ChatSession(rec, sc, UserHistory(p.user_id, tuple(past)), user_id=None)
+        session.show_retrieved()
+        turns = int(rng.integers(1, 4))
+        for _ in range(turns):
+            kinds = ["recommend", "category", "decade", "like", "about", "about"]
+            question = _chat_question(kinds[int(rng.integers(len(kinds)))], sc, session, past, rng)
+            if question is None:
+                continue
+            turn = session.prepare(question)
+            if not turn.items:
+                break
+            answer, prompt = session.data_answer(turn.kind, turn.items), chat_text(tokenizer, turn.messages)
+            if not set(sc.matcher.cited(answer)) <= set(sc.matcher.cited(prompt)):
+                break  # it names a history item the prompt had no room for: not learnable from the prompt
+            if session.commit(turn, answer).fallback is not None:
+                break  # a target is only ever an answer that passes the check; the conversation ends here
+            out.append(Example("chat", p.user_id, turn.items[0].item_id, prompt, answer))
     return out
 
 
@@ -274,8 +379,11 @@ BUILDERS.register("rate", ExampleBuilder(
                  if src.sequences[p.user_id].ratings and src.sequences[p.user_id].ratings[p.t] is not None],
     _rate,
 ))  # fmt: skip
-BUILDERS.register("explain", ExampleBuilder(lambda src: [p for p in src.positions if (p.user_id, p.t) in src.reviews],
-                                            _explain))  # fmt: skip
+BUILDERS.register("explain", ExampleBuilder(
+    _explain_pool, _explain,
+    lambda cfg: "review text" if cfg.explain_targets == "reviews" else "review text or item titles",
+))  # fmt: skip
+BUILDERS.register("chat", ExampleBuilder(lambda src: [p for p in src.positions if p.t >= 2], _chat))
 
 
 def to_dataset(examples: Sequence[Example], tokenizer, *, max_tokens: int, choices: bool = True):

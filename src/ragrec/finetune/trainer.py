@@ -10,7 +10,8 @@ layer on ~800 prompt positions, a fifth of the model's compute.
 Validation is the LLM stage itself on ``eval_users`` validation users (train-only histories,
 docs/evaluation.md), through the same ``Recommender`` paths as serving: NDCG@10 of the adapter ranking
 the retriever's candidates when the mixture ranks; otherwise ROUGE-L of its explanations against
-the users' held-out reviews, or the MAE of its predicted ratings (``validation_metric``). Checkpoints are saved at each validation;
+the users' held-out reviews, or the MAE of its predicted ratings, or the share of chat answers
+kept without fallback (``validation_metric``). Checkpoints are saved at each validation;
 ``EarlyStoppingCallback`` stops after ``patience`` validations without improvement, and the best
 checkpoint is loaded at the end. ``resume=True`` continues from the last checkpoint (optimizer,
 scheduler, RNG and data position restored). Multi-GPU: run the same script under
@@ -190,13 +191,17 @@ def rating_errors(errors) -> dict[str, float]:
     return {"rating_mae": float(np.abs(e).mean()), "rating_rmse": float(np.sqrt((e**2).mean()))}
 
 
-def validation_metric(config: FinetuneConfig) -> tuple[str, bool]:
-    """What early stopping watches, and whether higher is better: the LLM stage's NDCG@10 when the
-    mixture ranks, else explanation ROUGE-L against held-out reviews, else rating MAE."""
+def validation_metric(config: FinetuneConfig, data=None) -> tuple[str, bool]:
+    """What early stopping watches, and whether higher is better: the metric of the mixture's first
+    task in registration order (rank: the LLM stage's NDCG@10; explain: ROUGE-L against held-out
+    reviews; rate: rating MAE; chat: answers kept without fallback), skipping a task whose
+    validation data ``data`` lacks (explain without review text)."""
     from ragrec.tasks import task_specs
 
-    spec = next(s for s in task_specs() if s.name in config.mixture)  # the first registered task decides
-    return spec.metric, spec.higher_is_better
+    specs = [s for s in task_specs() if s.name in config.mixture]
+    if data is not None:
+        specs = [s for s in specs if _validation_users(data, s.metric, config)] or specs
+    return specs[0].metric, specs[0].higher_is_better
 
 
 def _validation_users(data, metric: str, config: FinetuneConfig) -> list[str]:
@@ -204,7 +209,11 @@ def _validation_users(data, metric: str, config: FinetuneConfig) -> list[str]:
     from ragrec.eval.llm import sample_users
 
     if metric == "rouge_l":
-        users = review_targets(data, S.VALID, max_chars=config.max_review_chars, min_chars=config.min_review_chars)[0]
+        try:
+            users = review_targets(data, S.VALID, max_chars=config.max_review_chars,
+                                   min_chars=config.min_review_chars)[0]  # fmt: skip
+        except RagrecError:  # no review text: explanations cannot be validated against reviews
+            return []
     elif metric == "rating_mae":
         users = [u for u, r in _valid_ratings(data).items() if r is not None]
     else:
@@ -221,6 +230,7 @@ def _valid_ratings(data) -> dict[str, float | None]:
 
 
 def _validator(rec: Recommender, scenario: str, users: list[str], metric: str):
+    from ragrec.eval.chat import evaluate_chat
     from ragrec.eval.explain import evaluate_explanations
     from ragrec.eval.llm import score_llm
     from ragrec.ranking import metric_table
@@ -234,6 +244,8 @@ def _validator(rec: Recommender, scenario: str, users: list[str], metric: str):
         if metric == "rouge_l":
             m = evaluate_explanations(rec, scenario, split=S.VALID, users=users, progress=False).metrics()
             return {k: m[k] for k in ("rouge_l", "bleu4", "grounded_rate")}
+        if metric == "chat_kept":
+            return evaluate_chat(rec, scenario, split=S.VALID, users=users, progress=False).metrics()
         train = sc.data.histories(splits=(S.TRAIN,))
         targets, ratings = sc.data.targets(S.VALID), _valid_ratings(sc.data)
         errors = []
@@ -286,7 +298,7 @@ def finetune(
     notes = list(examples.notes) + ([f"{too_long} examples longer than the prompt budget dropped"] if too_long else [])
     if len(dataset) == 0:
         raise RagrecError(f"no training examples for scenario {scenario.name!r}: {'; '.join(notes) or 'empty data'}")
-    metric, higher = validation_metric(config)
+    metric, higher = validation_metric(config, scenario.data)
     valid_users = _validation_users(scenario.data, metric, config)
     if not valid_users:
         raise RagrecError(f"scenario {scenario.name!r} has no validation users for early stopping on {metric}")

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ragrec.inference.scenario import Scenario
     from ragrec.prompts import PromptBudget, PromptTemplate
 
-__all__ = ["ChatSession", "ChatAnswer", "ChatHost", "year_filter", "resolve", "intent", "wanted_categories"]
+__all__ = ["ChatSession", "ChatAnswer", "ChatTurn", "ChatHost", "year_filter", "resolve", "intent", "wanted_categories"]
 
 
 class ChatHost(Protocol):
@@ -209,6 +209,21 @@ def intent(question: str, references: Sequence[str], anchors: Sequence[str]) -> 
 
 
 @dataclass(frozen=True)
+class ChatTurn:
+    """A message resolved, before the model writes (:meth:`ChatSession.prepare`): the question as
+    used, what it asks (``kind``), the items it offers or is about (with their evidence), the items
+    it referred to, whether seen items were asked for, notes and the prompt ``messages``."""
+
+    question: str
+    kind: Literal["about", "like", "recommend"]
+    items: tuple[RankedItem, ...]
+    references: tuple[str, ...]
+    include_seen: bool
+    notes: tuple[str, ...]
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
 class ChatAnswer:
     """One turn: the question as used, the answer to show, the items it offers or is about (with
     their evidence), what the model wrote, its grounding, any fallback and notes, the items the
@@ -250,6 +265,15 @@ class ChatSession:
         self.shown = res.item_ids
         return res.items
 
+    def show_retrieved(self, k: int | None = None) -> list[str]:
+        """Show the retriever's top ``k`` unseen items (default ``chat_candidates``) as the list
+        "the first one" refers to, without a model call (training and validation conversations)."""
+        k = k or self.recommender.config.chat_candidates
+        seen = set(self.history.item_ids)
+        res = self.scenario.retriever.retrieve(histories=[list(self.history.item_ids)], k=k + len(seen))[0]
+        self.shown = [c.item_id for c in res.candidates if c.item_id not in seen][:k]
+        return self.shown
+
     # ------------------------------------------------------------------ retrieval
     def _pool(self, query: str, anchors: Sequence[str], keep: Callable[[Item], bool] | None, wanted: Sequence[str],
               include_seen: bool, n: int, notes: list[str]) -> list[str]:  # fmt: skip
@@ -289,8 +313,10 @@ class ChatSession:
         return (keep is None or keep(item)) and (not wanted or any(c in item.categories for c in wanted))
 
     # ------------------------------------------------------------------ one turn
-    def ask(self, question: str) -> ChatAnswer:
-        """Answer one question; raises for an empty one. Long messages are cut (reported in ``notes``)."""
+    def prepare(self, question: str) -> ChatTurn:
+        """What ``question`` asks, before the model writes: references resolved, the items retrieved
+        (or referred to) with their evidence, and the prompt; raises for an empty message. The
+        session's state changes only when a turn is committed (:meth:`ask`, :meth:`commit`)."""
         rec, sc = self.recommender, self.scenario
         budget = rec.budget
         raw = clean_text(question)
@@ -331,15 +357,52 @@ class ChatSession:
                 notes.append(f"no {'seen' if include_seen else 'unseen'} item matches the filter")
         evidence = self._evidence(ids)
         items = tuple(RankedItem(i, 1.0 / r, r, None, None, e) for r, (i, e) in enumerate(zip(ids, evidence), 1))
-        text, grounding, answer, fallback, more = self._answer(q, kind, items)
-        turn = ChatAnswer(q, answer, items, text, grounding, fallback, tuple(notes + more), tuple(refs), kind,
-                          include_seen)  # fmt: skip
-        self.turns.append(turn)
-        if kind == "about":
-            self.subject = list(ids)
+        return ChatTurn(q, kind, items, tuple(refs), include_seen, tuple(notes), self._messages(q, kind, items))
+
+    def ask(self, question: str) -> ChatAnswer:
+        """Answer one question; raises for an empty one. Long messages are cut (reported in ``notes``)."""
+        turn = self.prepare(question)
+        with self.recommender.use(self.scenario):
+            text = generate_text(self.recommender.loaded, turn.messages, self._template().output,
+                                 self.scenario.matcher.sentences)  # fmt: skip
+        return self.commit(turn, text)
+
+    def commit(self, turn: ChatTurn, text: str) -> ChatAnswer:
+        """Check the model's ``text`` for ``turn`` (from :meth:`prepare`), keep its complete sentences
+        that pass (else answer from the data, saying why) and add the turn to the conversation."""
+        sc = self.scenario
+        res = check_sentences(text, sc.matcher.sentences, self._template().output.max_sentences,
+                              lambda t: self.check(turn, t),
+                              lambda t: bool({i.item_id for i in turn.items} & set(sc.matcher.cited(t))))  # fmt: skip
+        if res.text:  # the answer names the items it is about or offers
+            grounding, answer, fallback, more = res.passed, res.text, None, list(res.notes)
         else:
-            self.shown, self.subject = list(ids), list(ids[:1])
-        return turn
+            if not text:
+                why = "the model wrote nothing"
+            elif res.failed is not None:
+                why = res.failed.reason("the history and the items offered")
+            elif res.unsupported:
+                why = "the model's answer named none of the items it is about or offers"
+            else:
+                why = "the model's text ended mid-sentence"
+            grounding, more = res.failed or self.check(turn, text), []
+            answer, fallback = self.data_answer(turn.kind, turn.items), f"{why}; answered from the data"
+        out = ChatAnswer(turn.question, answer, turn.items, text, grounding, fallback, turn.notes + tuple(more),
+                         turn.references, turn.kind, turn.include_seen)  # fmt: skip
+        self.turns.append(out)
+        ids = [i.item_id for i in turn.items]
+        if turn.kind == "about":
+            self.subject = ids
+        else:
+            self.shown, self.subject = ids, ids[:1]
+        return out
+
+    def check(self, turn: ChatTurn, text: str) -> Grounding:
+        """The grounding check of an answer to ``turn``: it may name the history and the items offered."""
+        allowed = set(self.history.item_ids) | {i.item_id for i in turn.items}
+        return self.scenario.matcher.check(text, allowed, about={i.item_id for i in turn.items},
+                                           history=list(self.history.item_ids),
+                                           prompt=prompt_text(self._template(), turn.question))  # fmt: skip
 
     def record(self, question: str, answer: str) -> ChatAnswer:
         """Take an earlier turn of this conversation as given, without a model call: a stateless
@@ -378,11 +441,16 @@ class ChatSession:
             )
         return "\n".join(lines) if lines else "(none)"
 
-    def _answer(self, q: str, kind: str, items: tuple[RankedItem, ...]):
+    def _template(self) -> PromptTemplate:
+        template = self.recommender.template(self.scenario, "chat")
+        template.require_output("text")
+        return template
+
+    def _messages(self, q: str, kind: str, items: tuple[RankedItem, ...]) -> list[dict[str, str]]:
+        """The chat prompt of one turn: the template's messages with the earlier turns in between."""
         rec, sc = self.recommender, self.scenario
         budget = rec.budget
-        template = rec.template(sc, "chat")
-        template.require_output("text")
+        template = self._template()
         hist = rec.history_items(sc, self.history.item_ids)[-budget.max_history :]
         about = ""
         if kind == "about" and items:
@@ -406,38 +474,15 @@ class ChatSession:
             lambda m: count_tokens(rec.loaded.tokenizer, with_turns(m)),
             budget,
         )
-        with rec.use(sc):
-            text = generate_text(rec.loaded, with_turns(messages), template.output, sc.matcher.sentences)
-        allowed = set(self.history.item_ids) | {i.item_id for i in items}
-        history = list(self.history.item_ids)
-        prompt = prompt_text(template, q)
+        return with_turns(messages)
 
-        def check(t: str) -> Grounding:
-            return sc.matcher.check(t, allowed, about={i.item_id for i in items}, history=history, prompt=prompt)
-
-        offered = {i.item_id for i in items}
-        res = check_sentences(text, sc.matcher.sentences, template.output.max_sentences, check,
-                              lambda t: bool(offered & set(sc.matcher.cited(t))))  # an answer names its items  # fmt: skip
-        if res.text:
-            return text, res.passed, res.text, None, list(res.notes)
-        if not text:
-            why = "the model wrote nothing"
-        elif res.failed is not None:
-            why = res.failed.reason("the history and the items offered")
-        elif res.unsupported:
-            why = "the model's answer named none of the items it is about or offers"
-        else:
-            why = "the model's text ended mid-sentence"
-        grounding = res.failed or check(text)
-        return text, grounding, self._data_answer(kind, items), f"{why}; answered from the data", []
-
-    def _data_answer(self, kind: str, items: Sequence[RankedItem]) -> str:
+    def data_answer(self, kind: str, items: Sequence[RankedItem]) -> str:
         """An answer built from the items and their evidence alone."""
         sc = self.scenario
         noun = sc.config.item_noun
         if not items:
             return f"I found no {noun} in the catalog that fits; try another request."
-        hist = self.recommender.history_items(sc, self.history.item_ids)
+        hist = self.recommender.history_items(sc, self.history.item_ids)[-self.recommender.budget.max_history :]
         if kind == "about":
             out = []
             for it in items:
