@@ -46,6 +46,22 @@ def test_local_output_matches_single_requests_and_ray_matches_local(saved, tmp_p
     assert (remote.score - frame.score).abs().max() < 1e-5  # the same chunks, the same model: the same scores
 
 
+def test_all_users_load_the_recommender_once(saved, tmp_path, monkeypatch):
+    import ragrec.inference.persistence as persistence
+    import ragrec.inference.recommender as recommender
+
+    calls, load = [], persistence.load_parts
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(persistence, "load_parts", counted)
+    monkeypatch.setattr(recommender, "load_parts", counted)
+    report = batch_recommend(saved, "all", tmp_path / "all.parquet", k=2, progress=False)
+    assert report.users == 10 and report.rows == 20 and len(calls) == 1
+
+
 def test_cli_and_bad_input(saved, tmp_path):
     (tmp_path / "users.csv").write_text("user_id,extra\nu1,x\nu2,y\nu1,z\n", "utf-8")
     code, out, err = run_cli("batch-recommend", str(saved), "--users", str(tmp_path / "users.csv"),

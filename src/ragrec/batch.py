@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ragrec.errors import RagrecError
 from ragrec.io import atomic_write_bytes
@@ -59,13 +59,7 @@ def read_users(spec: str, path: str | PathLike[str], scenario: str | None = None
         by_name = {s.name: s for s in scenarios}
         if scenario is not None and scenario not in by_name:
             raise RagrecError(f"unknown scenario {scenario!r}; valid: {', '.join(by_name)}")
-        sc = by_name[scenario] if scenario is not None else scenarios[0]
-        import pandas as pd
-
-        from ragrec.data.dataset import id_sort_key
-
-        ids = pd.Series(list(sc.histories))
-        return ids.iloc[id_sort_key(ids).argsort(kind="stable")].tolist()
+        return known_users(by_name[scenario] if scenario is not None else scenarios[0])
     file = Path(spec)
     if not file.is_file():
         raise RagrecError(f"--users: {spec!r} is neither 'all' nor a file")
@@ -82,6 +76,16 @@ def read_users(spec: str, path: str | PathLike[str], scenario: str | None = None
     if not users:
         raise RagrecError(f"{file}: no user ids")
     return users
+
+
+def known_users(sc) -> list[str]:
+    """Every known user of scenario ``sc``, in id order."""
+    import pandas as pd
+
+    from ragrec.data.dataset import id_sort_key
+
+    ids = pd.Series(list(sc.histories))
+    return ids.iloc[id_sort_key(ids).argsort(kind="stable")].tolist()
 
 
 def recommend_rows(rec, users: Sequence[str], *, scenario: str | None = None, k: int = 10) -> list[tuple]:
@@ -123,7 +127,7 @@ class _Worker:
 
 def batch_recommend(
     path: str | PathLike[str],
-    users: Sequence[str],
+    users: Sequence[str] | Literal["all"],
     out: str | PathLike[str],
     *,
     scenario: str | None = None,
@@ -136,17 +140,15 @@ def batch_recommend(
     progress: bool = True,
     **overrides: Any,
 ) -> BatchReport:
-    """Score ``users`` with the recommender saved at ``path`` and write ``out`` (Parquet,
-    atomically). ``overrides`` change config fields (e.g. ``quantization="8bit"``)."""
+    """Score ``users`` (``"all"``: every known user of the scenario) with the recommender saved at
+    ``path`` and write ``out`` (Parquet, atomically). ``overrides`` change config fields (e.g.
+    ``quantization="8bit"``). The local engine loads the recommender once, also for ``"all"``."""
     from tqdm.auto import tqdm
 
     if engine not in ENGINES:
         raise RagrecError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     if chunk < 1 or workers < 1 or threads < 1 or k < 1:
         raise RagrecError("chunk, workers, threads and k must be >= 1")
-    if not users:
-        raise RagrecError("no users to score")
-    chunks = _chunks(users, chunk)
     start = time.perf_counter()
     notes: list[str] = []
     if engine == "local":
@@ -156,11 +158,19 @@ def batch_recommend(
 
         torch.set_num_threads(threads)
         rec = Recommender.from_pretrained(path, **overrides)
-        rec.scenario(scenario)  # an unknown scenario fails before any work
+        sc = rec.scenario(scenario)  # an unknown scenario fails before any work
+        users = known_users(sc) if isinstance(users, str) and users == "all" else users
+        if not users:
+            raise RagrecError("no users to score")
+        chunks = _chunks(users, chunk)
         parts = [recommend_rows(rec, c, scenario=scenario, k=k)
                  for c in tqdm(chunks, desc="users", unit="chunk", disable=not progress)]  # fmt: skip
         used = 1
     else:
+        users = read_users("all", path, scenario) if isinstance(users, str) and users == "all" else users
+        if not users:
+            raise RagrecError("no users to score")
+        chunks = _chunks(users, chunk)
         parts, used = _run_ray(str(path), chunks, scenario, k, workers, address, threads, overrides, progress)
         notes.append(f"ray: {used} actors" + (f" on {address}" if address else " on this machine"))
     rows = [r for part in parts for r in part]

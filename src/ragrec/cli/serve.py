@@ -90,7 +90,7 @@ def batch_recommend_cmd(
     from ragrec.batch import batch_recommend, read_users
 
     overrides = {k_: v for k_, v in {"quantization": quantization, "device": device}.items() if v}
-    ids = read_users(users, path, scenario)
+    ids = "all" if users == "all" else read_users(users, path, scenario)  # "all": read with the recommender, once
     report = batch_recommend(path, ids, out, scenario=scenario, k=k, engine=engine, workers=workers,
                              address=address, chunk=chunk, threads=threads, **overrides)  # fmt: skip
     print(json.dumps({**vars(report), "users_per_second": round(report.users_per_second, 3)}))

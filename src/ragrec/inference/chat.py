@@ -48,6 +48,7 @@ from ragrec.ranking import RRF_POOL, rrf_add
 from ragrec.types import Evidence, Item, RankedItem, UserHistory
 
 if TYPE_CHECKING:
+    from ragrec.inference.backends import Backend
     from ragrec.inference.models import LoadedModel
     from ragrec.inference.scenario import Scenario
     from ragrec.prompts import PromptBudget, PromptTemplate
@@ -72,6 +73,9 @@ class ChatHost(Protocol):
 
     def use(self, scenario: Scenario) -> AbstractContextManager[None]:
         """Hold the model for ``scenario`` (its adapter on) while generating."""
+
+    def backend_for(self, scenario: Scenario) -> Backend:
+        """The model backend that writes for ``scenario``."""
 
     def history_items(self, scenario: Scenario, ids: Sequence[str]) -> list[Item]:
         """The catalog items of ``ids``."""
@@ -363,7 +367,7 @@ class ChatSession:
         """Answer one question; raises for an empty one. Long messages are cut (reported in ``notes``)."""
         turn = self.prepare(question)
         with self.recommender.use(self.scenario):
-            text = generate_text(self.recommender.loaded, turn.messages, self._template().output,
+            text = generate_text(self.recommender.backend_for(self.scenario), turn.messages, self._template().output,
                                  self.scenario.matcher.sentences)  # fmt: skip
         return self.commit(turn, text)
 

@@ -40,8 +40,8 @@ class RecommenderConfig(BaseModel):
     )  # fmt: skip
 
     backend: str = Field(
-        "transformers", description="Model backend that scores candidate letters and rating digits (registered "
-        "in ragrec.inference.backends; generation runs on transformers).",
+        "transformers", description="Model backend that scores candidate letters and rating digits and writes "
+        "text (registered in ragrec.inference.backends).",
     )  # fmt: skip
 
     @field_validator("backend")

@@ -15,13 +15,11 @@ the final explanation holds: rejected text is never emitted.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from ragrec.data.text import render_item_text
+from ragrec.inference.backends import Backend, Decoding, make_backend
 from ragrec.inference.evidence import evidence_block
 from ragrec.inference.grounding import Grounding, TitleMatcher, attribute_explanation
 from ragrec.inference.models import LoadedModel
@@ -29,6 +27,7 @@ from ragrec.prompts import (
     OutputContract,
     PromptBudget,
     PromptTemplate,
+    chat_text,
     count_tokens,
     fit_history,
     history_block,
@@ -67,69 +66,36 @@ class Explanation:
 
 
 class _SentenceStop:
-    """A transformers stopping criterion: stop once the new text holds ``n`` complete sentences,
-    or when ``cancel`` is set (a stream that already rejected a sentence)."""
+    """A stop rule (:class:`~ragrec.inference.backends.Decoding`): stop once the answer holds ``n``
+    complete sentences, or when ``cancel`` is set (a stream that already rejected a sentence)."""
 
-    def __init__(self, tokenizer, prompt_len: int, n: int, split: Callable[[str], tuple[list[str], str]]) -> None:
-        self.tokenizer, self.prompt_len, self.n, self.split = tokenizer, prompt_len, n, split
+    def __init__(self, n: int, split: Callable[[str], tuple[list[str], str]]) -> None:
+        self.n, self.split = n, split
         self.cancel = False
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        done = self.cancel
-        if not done and self.n:
-            text = self.tokenizer.decode(input_ids[0, self.prompt_len :], skip_special_tokens=True)
-            done = len(self.split(text)[0]) >= self.n
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+    def __call__(self, text: str) -> bool:
+        return self.cancel or bool(self.n and len(self.split(text)[0]) >= self.n)
 
 
-def _decode_kwargs(loaded: LoadedModel, output: OutputContract, prompt_len: int, stop: _SentenceStop | None) -> dict:
-    """``generate`` settings for a text answer. The repetition controls look at the answer only:
-    transformers' own ``no_repeat_ngram_size`` would also ban every 3-gram of the prompt, so the model
-    could not write a history title it was shown."""
-    from transformers import (
-        LogitsProcessorList,
-        NoRepeatNGramLogitsProcessor,
-        RepetitionPenaltyLogitsProcessor,
-        StoppingCriteriaList,
-    )
-
-    class AnswerNoRepeat(NoRepeatNGramLogitsProcessor):
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            return super().__call__(input_ids[:, prompt_len:], scores)
-
-    processors = LogitsProcessorList()
-    if output.repetition_penalty != 1.0:
-        processors.append(
-            RepetitionPenaltyLogitsProcessor(float(output.repetition_penalty), prompt_ignore_length=prompt_len)
-        )
-    if output.no_repeat_ngram_size:
-        processors.append(AnswerNoRepeat(output.no_repeat_ngram_size))
-    kwargs = dict(max_new_tokens=output.max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
-                  logits_processor=processors)  # fmt: skip
-    if stop is not None:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
-    return kwargs
+def _decoding(output: OutputContract | int, split: Callable[[str], tuple[list[str], str]] | None) -> Decoding:
+    if isinstance(output, int):
+        return Decoding(output)
+    stop = _SentenceStop(output.max_sentences, split) if split and output.max_sentences else None
+    return Decoding.of(output, stop)
 
 
-@torch.no_grad()
 def generate_text(
-    loaded: LoadedModel,
+    backend: Backend,
     messages: list[dict[str, str]],
     output: OutputContract | int,
     split: Callable[[str], tuple[list[str], str]] | None = None,
 ) -> str:
-    """Greedy answer to chat ``messages`` under ``output``'s decoding settings (an int: at most
-    that many new tokens, no other control). ``split`` finds complete sentences, for
+    """Greedy answer to chat ``messages`` on ``backend`` under ``output``'s decoding settings (an
+    int: at most that many new tokens, no other control). ``split`` finds complete sentences, for
     ``output.max_sentences``."""
-    tok = loaded.tokenizer
-    enc = loaded.encode_chat(messages)
-    if isinstance(output, int):
-        out = loaded.model.generate(**enc, max_new_tokens=output, do_sample=False, pad_token_id=tok.pad_token_id)
-    else:
-        prompt_len = enc["input_ids"].shape[1]
-        stop = _SentenceStop(tok, prompt_len, output.max_sentences, split) if split and output.max_sentences else None
-        out = loaded.model.generate(**enc, **_decode_kwargs(loaded, output, prompt_len, stop))
-    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    tok = backend.tokenizer
+    ids = backend.generate([chat_text(tok, messages)], _decoding(output, split))[0]
+    return tok.decode(ids, skip_special_tokens=True).strip()
 
 
 def prompt_text(template: PromptTemplate, *extra: str) -> str:
@@ -247,12 +213,14 @@ class Explainer:
         matcher: TitleMatcher,
         *,
         budget: PromptBudget | None = None,
+        backend: Backend | None = None,
     ) -> None:
         template.require_output("text")
         self.loaded = loaded
         self.template = template
         self.matcher = matcher
         self.budget = budget or PromptBudget()
+        self.backend = backend or make_backend("transformers", loaded)
 
     def messages(
         self, history: Sequence[Item], item: Item, item_noun: str, evidence: Sequence[Evidence] = ()
@@ -318,7 +286,7 @@ class Explainer:
         self, history: Sequence[Item], item: Item, *, item_noun: str = "item", evidence: Sequence[Evidence] = ()
     ) -> Explanation:
         messages = self.messages(history, item, item_noun, evidence)
-        text = generate_text(self.loaded, messages, self.template.output, self.matcher.sentences)
+        text = generate_text(self.backend, messages, self.template.output, self.matcher.sentences)
         return self._finish(text, self._context(history, item, item_noun, evidence))
 
     def stream(
@@ -332,27 +300,10 @@ class Explainer:
     ) -> ExplanationStream:
         """Like :meth:`explain`, but the text arrives in checked sentences as it is generated.
 
-        ``guard()`` is entered by the generating thread around generation (the ``Recommender``
-        passes one that holds its lock and activates the scenario's adapter)."""
-        from transformers import TextIteratorStreamer
-
-        tok = self.loaded.tokenizer
-        enc = self.loaded.encode_chat(self.messages(history, item, item_noun, evidence))
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        ``guard()`` is held around generation (the ``Recommender`` passes one that holds its lock and
+        activates the scenario's adapter)."""
+        prompt = chat_text(self.backend.tokenizer, self.messages(history, item, item_noun, evidence))
         output = self.template.output
-        prompt_len = enc["input_ids"].shape[1]
-        stop = _SentenceStop(tok, prompt_len, output.max_sentences, self.matcher.sentences)
-        kwargs = dict(**enc, **_decode_kwargs(self.loaded, output, prompt_len, stop), streamer=streamer)
-
-        def run() -> None:
-            with guard(), torch.no_grad():
-                self.loaded.model.generate(**kwargs)
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-
-        def chunks() -> Iterator[str]:
-            yield from streamer
-            worker.join()
-
-        return ExplanationStream(chunks(), self, self._context(history, item, item_noun, evidence), stop)
+        stop = _SentenceStop(output.max_sentences, self.matcher.sentences)
+        chunks = self.backend.stream(prompt, Decoding.of(output, stop), guard)
+        return ExplanationStream(chunks, self, self._context(history, item, item_noun, evidence), stop)

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-
 from ragrec.errors import RagrecError
+from ragrec.inference.backends import Backend, Decoding, make_backend
 from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, history_block, sanitize
+from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["TitleTrie", "ConstrainedGenerator", "GeneratedList"]
@@ -75,9 +74,17 @@ class GeneratedList:
 class ConstrainedGenerator:
     """Generates up to ``n`` titles from a trie with the ``generate`` template (greedy)."""
 
-    def __init__(self, loaded: LoadedModel, template: PromptTemplate, *, budget: PromptBudget | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        template: PromptTemplate,
+        *,
+        budget: PromptBudget | None = None,
+        backend: Backend | None = None,
+    ) -> None:
         template.require_output("text")
         self.loaded = loaded
+        self.backend = backend or make_backend("transformers", loaded)
         self.template = template
         self.budget = budget or PromptBudget()
         # Titles are separated by a newline (one per line), or by ';' / '|' where the tokenizer
@@ -136,7 +143,6 @@ class ConstrainedGenerator:
         user's history) are never written, as if already written."""
         return self.generate_many([history], allowed, n=n, item_noun=item_noun, excludes=[exclude])[0]
 
-    @torch.no_grad()
     def generate_many(
         self,
         histories: Sequence[Sequence[Item]],
@@ -146,8 +152,8 @@ class ConstrainedGenerator:
         item_noun: str = "item",
         excludes: Sequence[Sequence[Item]] | None = None,
     ) -> list[GeneratedList]:
-        """:meth:`generate` for several users in one batched, left-padded decode (each row keeps
-        its own constraint and exclusions); the same lists as one call per user, faster."""
+        """:meth:`generate` for several users in one batched decode on the backend (each row keeps
+        its own constraint and exclusions); the same lists as one call per user."""
         if n < 1:
             raise RagrecError(f"n must be >= 1, got {n}")
         excludes = list(excludes) if excludes is not None else [()] * len(histories)
@@ -155,15 +161,15 @@ class ConstrainedGenerator:
             raise RagrecError(f"{len(excludes)} exclusion lists for {len(histories)} histories")
         if not histories:
             return []
-        tok, model = self.loaded.tokenizer, self.loaded.model
+        tok = self.loaded.tokenizer
         trie = allowed if isinstance(allowed, TitleTrie) else TitleTrie(tok, allowed, self.budget.max_item_chars)
-        enc = self.loaded.encode_chats(
-            [
-                self.template.render({"item_noun": item_noun, "history": history_block(h, self.budget), "n": str(n)})
-                for h in histories
-            ]
-        )
-        prompt_len = enc["input_ids"].shape[1]  # left-padded: every row's answer starts here
+        prompts = [
+            chat_text(
+                tok,
+                self.template.render({"item_noun": item_noun, "history": history_block(h, self.budget), "n": str(n)}),
+            )  # fmt: skip
+            for h in histories
+        ]
         excluded = [
             frozenset(
                 tuple(tok.encode(sanitize(i.title, self.budget.max_item_chars), add_special_tokens=False))
@@ -172,14 +178,11 @@ class ConstrainedGenerator:
             )
             for ex in excludes
         ]
-
-        def allowed_fn(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-            return self._allowed(trie, input_ids[prompt_len:].tolist(), n, excluded[batch_id])
-
         max_new = min(self.template.output.max_new_tokens * max(1, n), 64 * n)
-        out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, prefix_allowed_tokens_fn=allowed_fn,
-                             pad_token_id=tok.pad_token_id, eos_token_id=self.eos)  # fmt: skip
-        return [self._items(trie, out[j, prompt_len:].tolist(), n) for j in range(len(histories))]
+        decoding = Decoding(max_new, allowed=lambda row, ids: self._allowed(trie, ids, n, excluded[row]),
+                            eos_token_id=self.eos)  # fmt: skip
+        out = self.backend.generate(prompts, decoding)
+        return [self._items(trie, ids, n) for ids in out]
 
     def _items(self, trie: TitleTrie, generated: list[int], n: int) -> GeneratedList:
         tok = self.loaded.tokenizer

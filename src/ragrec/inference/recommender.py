@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragrec.errors import RagrecError, UnknownNameError
-from ragrec.inference.backends import make_backend
+from ragrec.inference.backends import Backend, make_backend
 from ragrec.inference.config import RecommenderConfig
 from ragrec.inference.evidence import evidence_for
 from ragrec.inference.explain import Explainer, Explanation, ExplanationStream
@@ -154,6 +154,7 @@ class Recommender:
             self.budget = config.budget(context)
             self._tries: dict[str, TitleTrie] = {}
             self._rankers: dict[str, LetterRanker] = {}
+            self._backend: Backend | None = None
 
     # ------------------------------------------------------------------ scenarios and adapters
     @property
@@ -183,6 +184,15 @@ class Recommender:
     @property
     def loaded(self) -> LoadedModel:
         return self.host.loaded
+
+    def backend_for(self, scenario: Scenario) -> Backend:
+        """The model backend (``config.backend``, built once per config) that scores and writes for
+        ``scenario``, bound to its LoRA adapter (a backend that cannot run adapters refuses one)."""
+        if self._backend is None:
+            self._backend = make_backend(self.config.backend, self.loaded, batch_size=self.config.batch_size,
+                                         max_tokens=self.budget.max_tokens, model=self.config.model,
+                                         trust_remote_code=self.config.trust_remote_code)  # fmt: skip
+        return self._backend.bind(scenario.name, scenario.adapter)
 
     @property
     def active_adapter(self) -> str | None:
@@ -243,13 +253,8 @@ class Recommender:
         candidate order. The building block of ``recommend`` and of evaluation."""
         sc = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
         if sc.name not in self._rankers:  # kept: it caches the label token ids
-            if sc.adapter is not None and self.config.backend != "transformers":
-                raise RagrecError(f"scenario {sc.name!r} has a LoRA adapter, which the {self.config.backend} backend "
-                                  "does not run yet; use backend='transformers'")  # fmt: skip
-            backend = make_backend(self.config.backend, self.loaded, batch_size=self.config.batch_size,
-                                   max_tokens=self.budget.max_tokens, model=self.config.model)  # fmt: skip
             self._rankers[sc.name] = LetterRanker(self.loaded, self.template(sc, "rank"), budget=self.budget,
-                                                  batch_size=self.config.batch_size, backend=backend)  # fmt: skip
+                                                  batch_size=self.config.batch_size, backend=self.backend_for(sc))  # fmt: skip
         ranker = self._rankers[sc.name]
         hist_items = [self.history_items(sc, h) for h in histories]
         shown = [[c[j] for j in shown_order(c)] if sc.config.candidate_order == "shuffled" else c for c in candidates]
@@ -520,14 +525,15 @@ class Recommender:
             self.budget,
         )
         with self.use(sc):
-            text = generate_text(self.loaded, messages, template.output, sc.matcher.sentences)
+            text = generate_text(self.backend_for(sc), messages, template.output, sc.matcher.sentences)
         done, rest = sc.matcher.sentences(text)
         kept = " ".join(done) if done else ""
         notes = ("the model's text ended mid-sentence; the unfinished part is not shown",) if rest else ()
         return TaskAnswer(task, sc.name, req.user_id, kept, text, req.fallback, notes)
 
     def _generate_one(self, sc: Scenario, req: _Request, allowed: Sequence[Candidate] | None, n: int) -> Recommendation:
-        gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget)
+        gen = ConstrainedGenerator(self.loaded, self.template(sc, "generate"), budget=self.budget,
+                                   backend=self.backend_for(sc))  # fmt: skip
         if allowed is None:  # the whole catalog, minus what the user has seen
             if sc.name not in self._tries:
                 self._tries[sc.name] = TitleTrie(
@@ -584,7 +590,8 @@ class Recommender:
         sc = self.scenario(scenario)
         item = sc.item(item_id)
         req = self._request(sc, user_id, history)
-        explainer = Explainer(self.loaded, self.template(sc, "explain"), sc.matcher, budget=self.budget)
+        explainer = Explainer(self.loaded, self.template(sc, "explain"), sc.matcher, budget=self.budget,
+                              backend=self.backend_for(sc))  # fmt: skip
         hist = self.history_items(sc, req.history.item_ids)
         evidence = self.evidence(sc, req, [item_id])[0]
         if stream:
@@ -609,7 +616,8 @@ class Recommender:
         if ratings is not None and len(ratings) != len(req.history):
             raise RagrecError(f"{len(ratings)} ratings for a history of {len(req.history)} items")
         given = ratings if ratings is not None else (req.history.ratings or [None] * len(req.history))
-        predictor = RatingPredictor(self.loaded, self.template(sc, "rate"), budget=self.budget)
+        predictor = RatingPredictor(self.loaded, self.template(sc, "rate"), budget=self.budget,
+                                    backend=self.backend_for(sc))  # fmt: skip
         with self.use(sc):
             return predictor.predict(self.history_items(sc, req.history.item_ids), list(given), items,
                                      item_noun=sc.config.item_noun)  # fmt: skip

