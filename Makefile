@@ -49,4 +49,4 @@ clean-venv:
 # The optional llama.cpp backend: llama-cpp-python has no wheel on PyPI, so pip builds it (cmake and a
 # C++ compiler; about 10 min on 2 cores). Not in the lock; `make test-all` then runs its slow test.
 llamacpp: $(STAMP)
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install 'llama-cpp-python==0.3.36'
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install 'llama-cpp-python==0.3.36' 'sentencepiece>=0.1.98,<0.3'

@@ -66,7 +66,7 @@ TRAIN_DEFAULTS = {
     "eval_steps": 20,
     "eval_users": 12,
     "patience": 2,
-    "max_minutes": 40,
+    "max_minutes": 30,
 }  # the committed fine-tuned row's recipe (results/chat_quality_finetuned.json)
 
 

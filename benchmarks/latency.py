@@ -1,6 +1,7 @@
 """Latency and memory of a rank request (20 candidates) on the default model, per precision.
 
-For each precision (CPU: fp32, bf16, 8bit, 4bit; CUDA: fp16, bf16, 8bit, 4bit):
+For each precision (CPU: fp32, bf16, 8bit, 4bit, and the llama.cpp backend on the model's own GGUF
+and on Q8_0 / Q4_K_M exports; CUDA: fp16, bf16, 8bit, 4bit):
 * p50 / p95 seconds of one request (batch 1, one forward pass with ``logits_to_keep=1``);
 * throughput of batched requests (prompts per second, batch 8);
 * the model's memory footprint (``get_memory_footprint``) and its ratio to fp16's;
@@ -9,11 +10,13 @@ For each precision (CPU: fp32, bf16, 8bit, 4bit; CUDA: fp16, bf16, 8bit, 4bit):
 And, for one precision, the time of generation-based listwise ranking (the model writes the
 ordered list of all 20 candidate titles, as LLMRank does) over the verbalizer's single pass.
 
-Prompts are real ML-100K rank prompts (from ``llm_rank.py --stages prepare``), or written by
-``--export-prompts`` to a small file that travels to another machine. ``--random-init`` builds
-the model from its config with random weights (same shapes, same speed).
+Prompts are real ML-100K rank prompts: the test users' histories and the recency-EASE scenario's 20
+candidates, rendered by the library (``--export-prompts`` writes them to a small file that travels to
+another machine). ``--random-init`` builds the model from its config with random weights (same
+shapes, same speed). A llama.cpp row's memory is its GGUF file's size (the weights it maps).
 
     python benchmarks/latency.py                       # CPU, writes results/latency.json + .md
+    python benchmarks/latency.py --precisions fp32 llamacpp-own llamacpp-Q8_0 llamacpp-Q4_K_M
 """
 
 from __future__ import annotations
@@ -40,10 +43,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def export_prompts(src: Path, out: Path, n: int = 64) -> None:
-    """The first ``n`` test prompts of llm_rank's work file, with their labels and candidate titles."""
-    work = json.loads(src.read_text())["test"]
-    out.write_text(json.dumps({"prompts": work["prompts"][0][:n], "labels": work["labels"][0][:n]}))
+def export_prompts(out: Path, n: int = 64) -> None:
+    """Rank prompts of the first ``n`` ML-100K test users (train + valid history, the scenario's 20
+    retrieved candidates), with their letters, rendered by the library's ranker."""
+    from ragrec import schema as S
+    from ragrec.data import pull
+    from ragrec.inference import LetterRanker, load_model
+    from ragrec.pipeline import build_scenario
+    from ragrec.prompts import PromptBudget, builtin_registry
+
+    sc = build_scenario(pull("ml-100k").data, "movies", item_noun="movie", text=False)
+    users = sorted(sc.data.targets(S.TEST), key=int)[:n]
+    results = sc.retriever.retrieve(users, k=20)
+    loaded = load_model("smollm2-135m-instruct")
+    ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget())
+    hist = [[sc.catalog[i] for i in sc.histories[u].item_ids if i in sc.catalog] for u in users]
+    cands = [[sc.catalog[c.item_id] for c in r.candidates] for r in results]
+    prompts, labels = ranker.prompts(hist, cands, "movie")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"prompts": prompts, "labels": labels}))
 
 
 def _sync(device: str) -> None:
@@ -96,14 +114,19 @@ def measure(
     warmup: int = 3,
 ) -> dict:
     from ragrec.inference import LetterRanker, load_model
+    from ragrec.inference.backends import make_backend
     from ragrec.prompts import PromptBudget, builtin_registry
 
+    gguf = precision.removeprefix("llamacpp-") if precision.startswith("llamacpp-") else None
     quant = precision if precision in ("8bit", "4bit") else "none"
     dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(precision, "auto")
     loaded = load_model(spec, quantization=quant, dtype=dtype, device=device)
     model = loaded.model
+    backend = None
+    if gguf is not None:  # the model's own GGUF ("own") or an export of its weights at F16 / Q8_0 / Q4_K_M
+        backend = make_backend("llamacpp", loaded, model=spec, quant=None if gguf == "own" else gguf, max_tokens=4096)
     ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget(max_tokens=4096),
-                          batch_size=8)  # fmt: skip
+                          batch_size=8, backend=backend)  # fmt: skip
     tokens = [len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     for i in range(warmup):
         ranker.label_scores(prompts[i : i + 1], labels[i : i + 1])
@@ -131,7 +154,7 @@ def measure(
         "requests": len(times),
         "batched_prompts_per_s": min(batched_n, len(prompts)) / batched,
         "batch_size": 8,
-        "memory_bytes": int(model.get_memory_footprint()),
+        "memory_bytes": int(model.get_memory_footprint()) if backend is None else backend.path.stat().st_size,
         "median_prompt_tokens": int(statistics.median(tokens)),
         "achieved_flops": achieved,
         "_loaded": loaded,
@@ -177,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precisions", nargs="*", default=None)
     p.add_argument("--prompts", type=Path, default=WORK / "latency_prompts.json")
-    p.add_argument("--export-prompts", action="store_true", help="write --prompts from llm_rank's work file, exit")
+    p.add_argument("--export-prompts", action="store_true", help="write --prompts (64 ML-100K rank prompts), exit")
     p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--batched", type=int, default=16, help="prompts in the throughput run (batches of 8)")
@@ -185,12 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = p.parse_args(argv)
     if args.export_prompts:
-        export_prompts(WORK / "llm_rank_prompts.json", args.prompts)
+        export_prompts(args.prompts)
         return
     cuda = args.device.startswith("cuda")
     # bf16 on a CPU without AVX-512 BF16 is emulated: over a minute per request here (>24 min for the
     # 26 requests of a first attempt), so the CPU default leaves it out; ask for it with --precisions.
     precisions = args.precisions or (["fp16", "bf16", "8bit", "4bit"] if cuda else ["fp32", "8bit", "4bit"])
+    if not args.prompts.is_file():
+        _log(f"writing rank prompts to {args.prompts}")
+        export_prompts(args.prompts)
     data = json.loads(args.prompts.read_text())
     prompts, labels = data["prompts"], data["labels"]
     spec = args.model
@@ -205,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
             few = prec in args.few or (not cuda and prec == "8bit")  # bitsandbytes int8 on CPU is slow too
             entry = measure(spec, prec, prompts, labels, args.device, 3 if few else args.reps,
                             min(args.batched, 8) if few else args.batched, warmup=1 if few else 3)  # fmt: skip
+            if prec.startswith("llamacpp-"):
+                entry["llamacpp_file"] = str(entry["_ranker"].backend.path)
             peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
                 prec, torch.bfloat16 if cuda else torch.float32
             )

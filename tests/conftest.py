@@ -397,17 +397,24 @@ def tiny_scenario(name: str = "movies", *, adapter=None, fusion_weight: float = 
     return Scenario(config, data, retriever, text, adapter=adapter)
 
 
-def backend_agreement(loaded, backend: str, candidates: int = 8) -> tuple[list[float], list[bool]]:
-    """Per user of :func:`tiny_scenario`: the Spearman correlation of ``backend``'s candidate scores
-    with the transformers backend's, and whether both put the same candidate first."""
+def backend_agreement(
+    loaded, backend: str, candidates: int = 8, *, adapter=None, reference=None, options=None
+) -> tuple[list[float], list[bool]]:
+    """Per user of :func:`tiny_scenario` (with LoRA ``adapter``): the Spearman correlation of
+    ``backend``'s candidate scores with the transformers backend's (with ``reference``'s adapter
+    when given, else the same one), and whether both put the same candidate first."""
     from scipy.stats import spearmanr
 
     from ragrec.inference import Recommender, RecommenderConfig
 
-    sc = tiny_scenario()
-    users = sorted(sc.histories)
-    cands = [[c.item_id for c in r.candidates] for r in sc.retriever.retrieve(users, k=candidates)]
-    hists = [list(sc.histories[u].item_ids) for u in users]
-    a, b = (Recommender(loaded, [sc], RecommenderConfig(candidates=candidates, backend=name)).score_candidates(
-        sc, hists, cands) for name in ("transformers", backend))  # fmt: skip
+    def scores(name: str, with_adapter, opts) -> list:
+        sc = tiny_scenario(adapter=with_adapter)
+        users = sorted(sc.histories)
+        cands = [[c.item_id for c in r.candidates] for r in sc.retriever.retrieve(users, k=candidates)]
+        hists = [list(sc.histories[u].item_ids) for u in users]
+        config = RecommenderConfig(candidates=candidates, backend=name, backend_options=opts or {})
+        return Recommender(loaded, [sc], config).score_candidates(sc, hists, cands)
+
+    a = scores("transformers", adapter if reference is None else reference, None)
+    b = scores(backend, adapter, options)
     return [spearmanr(x, y).statistic for x, y in zip(a, b)], [np.argmax(x) == np.argmax(y) for x, y in zip(a, b)]

@@ -80,3 +80,12 @@ def test_cli_and_bad_input(saved, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n", "utf-8")
     with pytest.raises(RagrecError, match="no user ids"):
         read_users(str(tmp_path / "empty.txt"), saved)
+
+
+def test_gguf_exports_refuse_bad_input(tmp_path):
+    from ragrec.inference.gguf import export_adapter
+
+    code, _, err = run_cli("gguf", "smollm2-135m-instruct", "--quant", "Q3")
+    assert code == 2 and "unknown quantization 'Q3'; valid: F16, Q8_0, Q4_K_M" in err
+    with pytest.raises(RagrecError, match="no adapter_model.safetensors"):
+        export_adapter(tmp_path, "smollm2-135m-instruct")

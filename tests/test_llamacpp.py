@@ -54,3 +54,31 @@ def test_llamacpp_writes_text_and_catalog_titles():
     assert out.items and all(i.item_id in sc.catalog for i in out.items)
     ex = rec.explain(out.items[0].item_id, "u1")
     assert ex.model_text and ex.text
+
+
+def test_llamacpp_serves_a_lora_adapter_like_transformers(tmp_path):
+    """A scenario's peft LoRA adapter, converted to a GGUF adapter by llama.cpp's own converter, moves
+    llama.cpp's scores as it moves transformers' (and a Q8_0 export of the base serves it too)."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("sentencepiece")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragrec.inference.gguf import export_adapter
+
+    base = load_model("smollm2-135m-instruct", device="cpu")
+    torch.manual_seed(0)
+    peft = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, layers_to_transform=[26, 27, 28, 29],
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "down_proj"]))  # fmt: skip
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.2)  # an adapter that moves scores without wrecking the model
+    peft.save_pretrained(tmp_path / "adapter")
+    assert export_adapter(tmp_path / "adapter", "smollm2-135m-instruct").stat().st_size > 0
+    loaded = load_model("smollm2-135m-instruct", device="cpu")
+    rho, _ = backend_agreement(loaded, "llamacpp", adapter=tmp_path / "adapter")
+    moved, _ = backend_agreement(loaded, "transformers", reference=tmp_path / "adapter")  # base vs adapter
+    assert np.median(rho) >= 0.95 and np.median(moved) < np.median(rho) - 0.05, (rho, moved)
+    q8, _ = backend_agreement(loaded, "llamacpp", adapter=tmp_path / "adapter", options={"quant": "Q8_0"})
+    assert np.median(q8) >= 0.95, q8

@@ -11,7 +11,7 @@ from ragrec.cli.data import app as data_app
 from ragrec.cli.finetune import finetune_cmd, scenario_app
 from ragrec.cli.llm import chat_cmd, demo_cmd, explain_cmd, recommend_cmd, recommender_app
 from ragrec.cli.retrieval import eval_app, index_app, retriever_app
-from ragrec.cli.serve import batch_recommend_cmd, retrain_cmd, serve_cmd
+from ragrec.cli.serve import batch_recommend_cmd, gguf_cmd, retrain_cmd, serve_cmd
 from ragrec.config import validation_message
 from ragrec.errors import RagrecError
 
@@ -38,6 +38,7 @@ app.command("finetune")(finetune_cmd)
 app.command("serve")(serve_cmd)
 app.command("retrain")(retrain_cmd)
 app.command("batch-recommend")(batch_recommend_cmd)
+app.command("gguf")(gguf_cmd)
 
 
 @app.callback()

@@ -1,4 +1,4 @@
-"""``ragrec serve``, ``ragrec retrain`` and ``ragrec batch-recommend``."""
+"""``ragrec serve``, ``ragrec retrain``, ``ragrec batch-recommend`` and ``ragrec gguf``."""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def batch_recommend_cmd(
     report = batch_recommend(path, ids, out, scenario=scenario, k=k, engine=engine, workers=workers,
                              address=address, chunk=chunk, threads=threads, **overrides)  # fmt: skip
     print(json.dumps({**vars(report), "users_per_second": round(report.users_per_second, 3)}))
+
+
+def gguf_cmd(
+    model: Annotated[str, typer.Argument(help="Model: built-in alias, folder, .gguf file or Hub id.")],
+    quant: Annotated[str, typer.Option(help="F16 | Q8_0 | Q4_K_M.")] = "Q8_0",
+    adapter: Annotated[
+        Optional[Path], typer.Option(help="Also convert this peft LoRA adapter folder (trained on MODEL).")
+    ] = None,
+) -> None:
+    """Export MODEL (and a LoRA adapter) as GGUF files for the llama.cpp backend, with llama.cpp's own
+    converters; prints the cached paths as JSON (the backend finds them by itself:
+    `backend_options: {quant: Q4_K_M}`)."""
+    from ragrec.inference.gguf import export_adapter, export_model
+
+    out = {"model": str(export_model(model, quant))}
+    if adapter is not None:
+        out["adapter"] = str(export_adapter(adapter, model))
+    print(json.dumps(out))

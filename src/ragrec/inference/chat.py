@@ -481,24 +481,35 @@ class ChatSession:
         return with_turns(messages)
 
     def data_answer(self, kind: str, items: Sequence[RankedItem]) -> str:
-        """An answer built from the items and their evidence alone."""
+        """An answer built from the items and their evidence alone (also what the chat adapter learns
+        to write: titles as the lists show them, without years, each item before its evidence)."""
         sc = self.scenario
         noun = sc.config.item_noun
         if not items:
             return f"I found no {noun} in the catalog that fits; try another request."
-        hist = self.recommender.history_items(sc, self.history.item_ids)[-self.recommender.budget.max_history :]
         if kind == "about":
             out = []
+            hist = self.recommender.history_items(sc, self.history.item_ids)[-self.recommender.budget.max_history :]
             for it in items:
-                support = [sc.catalog[e.item_id] for e in it.evidence if e.item_id in sc.catalog]
-                out.append(attribute_explanation(sc.catalog[it.item_id], hist, noun, support))
+                item = sc.catalog[it.item_id]
+                because = [clean_text(e.title) for e in it.evidence[:2] if e.title]
+                if because:
+                    shared = sorted({c for e in it.evidence[:2] if e.title for c in e.shared})
+                    also = f"; it is also {', '.join(shared[:3])}" if shared else ""
+                    out.append(f"{_title(item)} is there because of {' and '.join(because)} in your history{also}.")
+                else:
+                    out.append(attribute_explanation(item, hist, noun))
             return " ".join(out)
-        names = [_name(sc.catalog[i.item_id]) for i in items[:3]]
+        names = [_title(sc.catalog[i.item_id]) for i in items[:3]]
         listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
         first = items[0]
         because = [clean_text(e.title) for e in first.evidence[:2] if e.title]
         why = f" {names[0]} is there because of {' and '.join(because)} in your history." if because else ""
         return f"You may like {listed}.{why}"
+
+
+def _title(item: Item) -> str:
+    return clean_text(item.title) or item.item_id
 
 
 def _name(item: Item) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +42,11 @@ class RecommenderConfig(BaseModel):
     backend: str = Field(
         "transformers", description="Model backend that scores candidate letters and rating digits and writes "
         "text (registered in ragrec.inference.backends).",
+    )  # fmt: skip
+
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the backend (llamacpp: quant = F16 | Q8_0 | Q4_K_M for an "
+        "export of the model's weights instead of its own GGUF, threads; vllm: gpu_memory_utilization, max_lora_rank).",
     )  # fmt: skip
 
     @field_validator("backend")

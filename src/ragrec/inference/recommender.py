@@ -191,7 +191,8 @@ class Recommender:
         if self._backend is None:
             self._backend = make_backend(self.config.backend, self.loaded, batch_size=self.config.batch_size,
                                          max_tokens=self.budget.max_tokens, model=self.config.model,
-                                         trust_remote_code=self.config.trust_remote_code)  # fmt: skip
+                                         trust_remote_code=self.config.trust_remote_code,
+                                         **self.config.backend_options)  # fmt: skip
         return self._backend.bind(scenario.name, scenario.adapter)
 
     @property

