@@ -97,6 +97,15 @@ def test_degenerate_text_is_refused():
     assert "degenerate" in m.check("the genre of the genre of the genre", {"1"}).reason()
 
 
+def test_a_title_written_wrong_is_refused():
+    m = TitleMatcher([*ITEMS, Item("7", "Young Guns II", 1990, ("Western",)), Item("8", "Apollo 13", 1995, ("Drama",))])
+    g = m.check("You may like Young Gangs II. Alien is there because of Heat in your history.", {"1", "3", "7"})
+    assert not g.grounded and "young gangs ii" in g.unknown and "not in the catalog" in g.reason()
+    assert m.misquoted("it also has Apollo 20") == ["apollo 20"]
+    assert m.check("You may like Young Guns II and Apollo 13; Heat fans do.", {"1", "7", "8"}).grounded
+    assert m.misquoted("Young people and Faster cars") == []  # a title's first word, then other words
+
+
 def test_recommended_item_presented_as_history_is_refused():
     m = TitleMatcher(ITEMS)
     hist = ["1", "2"]

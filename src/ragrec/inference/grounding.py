@@ -3,12 +3,15 @@
 A small LM names items that do not exist, or items the user never saw, with confidence, and
 invents facts about real ones ("Titanic, a gripping horror film"). We find which catalog titles a
 text names (whole-word, case-insensitive match of each title, with and without its year), which
-quoted spans ("...") name no catalog item at all, and which attributes it states: the catalog's
+quoted spans ("...") name no catalog item at all, which words are a catalog title written wrong
+("Young Gangs II" for Young Guns II: the same first word and almost the same words), and which
+attributes it states: the catalog's
 category names (singular or plural: "comedy", "comedies", "film noir") and years or decades
 ("1997", "1990s"), outside the titles it names. A text is *grounded* when it names no unknown
 quoted title, every catalog item it names is in the allowed set (the user's history, the
 recommended item, the retrieved candidates), and every attribute it states belongs to an item the
-text is about (the explained item, the items a chat answer offers) or names. "You like action
+text is about (the explained item, the items a chat answer offers) or names, and it misquotes no
+title. "You like action
 films" about a drama that names no action film fails: strict, since the fallback is cheap and
 a small LM's taste statements are often invented. Unquoted invented titles cannot be told from
 ordinary words, and attributes the catalog does not record (directors, plots) cannot be checked;
@@ -46,6 +49,51 @@ _PAST_CUE = re.compile(
     r"|past)\s+(?:[\w'-]+\s+){0,2}[\"“]?$", re.I)  # fmt: skip
 # The prompt's own list layout copied back ("1. Heat (1995) | Crime" on its own line) instead of an answer.
 _LIST_LINE = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*\u2022])\s|\s\|\s")
+# Words too common to start a misquoted title (see TitleMatcher.misquoted).
+_COMMON = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "of",
+        "and",
+        "in",
+        "on",
+        "to",
+        "for",
+        "with",
+        "my",
+        "your",
+        "you",
+        "i",
+        "it",
+        "is",
+        "are",
+        "was",
+        "be",
+        "this",
+        "that",
+        "these",
+        "those",
+        "from",
+        "at",
+        "by",
+        "as",
+        "or",
+        "but",
+        "not",
+        "no",
+        "so",
+        "if",
+        "all",
+        "one",
+        "two",
+        "some",
+        "more",
+        "most",
+        "very",
+    ]
+)
 _META = re.compile(r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b", re.I)
 
 
@@ -183,6 +231,27 @@ class TitleMatcher:
         """Item ids whose title appears in ``text`` as whole words, longest match first, in order."""
         return list(dict.fromkeys(v for _, _, v in self._spans(_norm(text).split(), self._by_first)))
 
+    def misquoted(self, text: str, similarity: float = 0.75) -> list[str]:
+        """Words of ``text`` (outside the titles it names) that are a catalog title written wrong:
+        they start like a title of two or more words (same first word, not a common word) and read
+        almost like it ("Young Gangs II" for Young Guns II, "Apollo 20" for Apollo 13)."""
+        from difflib import SequenceMatcher
+
+        words = _norm(text).split()
+        in_title = {i + k for i, n, _ in self._spans(words, self._by_first) for k in range(n)}
+        out = []
+        for i, w in enumerate(words):
+            if i in in_title or w in _COMMON:
+                continue
+            for form, _ in self._by_first.get(w, ()):
+                got = words[i : i + len(form)]
+                if len(form) < 2 or len(got) < len(form) or any(i + k in in_title for k in range(len(form))):
+                    continue
+                if SequenceMatcher(None, " ".join(got), " ".join(form)).ratio() >= similarity:
+                    out.append(" ".join(got))
+                    break
+        return list(dict.fromkeys(out))
+
     def stated(self, text: str) -> tuple[list[str], list[str]]:
         """Categories and years/decades (as written) that ``text`` states outside the titles it names."""
         words = _norm(text).split()
@@ -237,6 +306,7 @@ class TitleMatcher:
             form = _norm(re.sub(r"\(\d{4}\)", "", span))
             if form and form not in self._forms:
                 unknown.append(span.strip())
+        unknown += [m for m in self.misquoted(text) if m not in unknown]
         support = allowed if about is None else set(about) | {i for i in cited if i in allowed}
         seen = set(history)
         misattributed = []
