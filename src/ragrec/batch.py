@@ -99,6 +99,8 @@ def recommend_rows(rec, users: Sequence[str], *, scenario: str | None = None, k:
 
 
 def _chunks(users: Sequence[str], size: int) -> list[list[str]]:
+    if not users:
+        raise RagrecError("no users to score")
     return [list(users[i : i + size]) for i in range(0, len(users), size)]
 
 
@@ -149,6 +151,8 @@ def batch_recommend(
         raise RagrecError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     if chunk < 1 or workers < 1 or threads < 1 or k < 1:
         raise RagrecError("chunk, workers, threads and k must be >= 1")
+    every = isinstance(users, str) and users == "all"
+    chunks = [] if every else _chunks(users, chunk)  # an empty list fails before anything loads
     start = time.perf_counter()
     notes: list[str] = []
     if engine == "local":
@@ -159,18 +163,12 @@ def batch_recommend(
         torch.set_num_threads(threads)
         rec = Recommender.from_pretrained(path, **overrides)
         sc = rec.scenario(scenario)  # an unknown scenario fails before any work
-        users = known_users(sc) if isinstance(users, str) and users == "all" else users
-        if not users:
-            raise RagrecError("no users to score")
-        chunks = _chunks(users, chunk)
+        chunks = chunks or _chunks(known_users(sc), chunk)
         parts = [recommend_rows(rec, c, scenario=scenario, k=k)
                  for c in tqdm(chunks, desc="users", unit="chunk", disable=not progress)]  # fmt: skip
         used = 1
     else:
-        users = read_users("all", path, scenario) if isinstance(users, str) and users == "all" else users
-        if not users:
-            raise RagrecError("no users to score")
-        chunks = _chunks(users, chunk)
+        chunks = chunks or _chunks(read_users("all", path, scenario), chunk)
         parts, used = _run_ray(str(path), chunks, scenario, k, workers, address, threads, overrides, progress)
         notes.append(f"ray: {used} actors" + (f" on {address}" if address else " on this machine"))
     rows = [r for part in parts for r in part]
@@ -179,7 +177,7 @@ def batch_recommend(
     frame.to_parquet(buf, index=False)
     atomic_write_bytes(out, buf.getvalue())
     seconds = time.perf_counter() - start
-    return BatchReport(len(users), len(rows), len(chunks), engine, used, round(seconds, 3), str(out), notes)
+    return BatchReport(sum(map(len, chunks)), len(rows), len(chunks), engine, used, round(seconds, 3), str(out), notes)
 
 
 def _run_ray(path, chunks, scenario, k, workers, address, threads, overrides, progress):

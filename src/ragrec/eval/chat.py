@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 
 from ragrec import schema as S
 from ragrec.errors import RagrecError
+from ragrec.eval.protocol import eval_target_sets
 from ragrec.inference.chat import ChatAnswer, ChatSession
 from ragrec.inference.recommender import Recommender
+from ragrec.types import UserHistory
 
 __all__ = ["VALIDATION_CONVERSATION", "ChatEval", "evaluate_chat"]
 
@@ -53,14 +55,12 @@ def evaluate_chat(
     if split not in (S.VALID, S.TEST):
         raise RagrecError(f"split must be {S.VALID!r} or {S.TEST!r}, got {split!r}")
     sc = rec.scenario(scenario)
-    before = (S.TRAIN,) if split == S.VALID else (S.TRAIN, S.VALID)
-    histories = sc.data.histories(splits=before)
+    users, histories, _ = eval_target_sets(sc.data, split, users)  # the history before the held-out interaction
     out = ChatEval()
-    for user in tqdm(list(users), desc="chat", disable=not progress):
-        history = histories.get(user)
-        if history is None or not history.item_ids:
+    for user, items in tqdm(list(zip(users, histories)), desc="chat", disable=not progress):
+        if not items:
             continue
-        session = ChatSession(rec, sc, history, user_id=None)
+        session = ChatSession(rec, sc, UserHistory(user, tuple(items)), user_id=None)
         session.show_retrieved()
         out.answers[user] = [session.ask(q) for q in conversation]
     return out

@@ -155,6 +155,7 @@ class Recommender:
             self._tries: dict[str, TitleTrie] = {}
             self._rankers: dict[str, LetterRanker] = {}
             self._backend: Backend | None = None
+            self._bound: dict[tuple[str, str | None], Backend] = {}  # (scenario, adapter) -> bound backend
 
     # ------------------------------------------------------------------ scenarios and adapters
     @property
@@ -193,7 +194,10 @@ class Recommender:
                                          max_tokens=self.budget.max_tokens, model=self.config.model,
                                          trust_remote_code=self.config.trust_remote_code,
                                          **self.config.backend_options)  # fmt: skip
-        return self._backend.bind(scenario.name, scenario.adapter)
+        key = (scenario.name, None if scenario.adapter is None else str(scenario.adapter))
+        if key not in self._bound:  # binding may convert or hash the adapter: once, not per request
+            self._bound[key] = self._backend.bind(scenario.name, scenario.adapter)
+        return self._bound[key]
 
     @property
     def active_adapter(self) -> str | None:
