@@ -185,6 +185,10 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
         f"r={cfg['lora_r']} on the last {cfg['lora_layers']} layers, lr {cfg['learning_rate']:g}, {trained['steps']} "
         f"steps of {cfg['grad_accum']}, {trained['train_seconds'] / 60:.1f} min on {trained['device']} "
         f"({trained['stop_reason']}); validation ROUGE-L on {cfg['eval_users']} users: {trained['valid_curve']}.",
+        "Evidence: the history items behind the item (EASE's exact per-item contributions) are in the prompt and "
+        "in every response (`Explanation.evidence`). Items here are ASINs, so an explanation names an evidence item "
+        "only by writing its ASIN (names_evidence_rate); the fine-tuned model learned to write like a review and "
+        "names none. Fallback: the shown text was built from the data because the model's was refused.",
         "Published peer (another dataset, for orientation): P5-small on Beauty, BLEU-4 2.70, ROUGE-L 18.65.",
     ]
     samples = ["", "## Examples (the first 20 users: what each model wrote, and what was shown where it differs)", ""]

@@ -1,7 +1,8 @@
 """Latency and memory of a rank request (20 candidates) on the default model, per precision.
 
 For each precision (CPU: fp32, bf16, 8bit, 4bit, and the llama.cpp backend on the model's own GGUF
-and on Q8_0 / Q4_K_M exports; CUDA: fp16, bf16, 8bit, 4bit):
+and on Q8_0 / Q4_K_M / Q4_0 / IQ4_NL exports, ``llamacpp-Q4_K_M:flash_attn=false`` with backend
+options; CUDA: fp16, bf16, 8bit, 4bit):
 * p50 / p95 seconds of one request (batch 1, one forward pass with ``logits_to_keep=1``);
 * throughput of batched requests (prompts per second, batch 8);
 * the model's memory footprint (``get_memory_footprint``) and its ratio to fp16's;
@@ -16,7 +17,7 @@ another machine). ``--random-init`` builds the model from its config with random
 shapes, same speed). A llama.cpp row's memory is its GGUF file's size (the weights it maps).
 
     python benchmarks/latency.py                       # CPU, writes results/latency.json + .md
-    python benchmarks/latency.py --precisions fp32 llamacpp-own llamacpp-Q8_0 llamacpp-Q4_K_M
+    python benchmarks/latency.py --precisions fp32 llamacpp-Q8_0 llamacpp-Q4_K_M llamacpp-IQ4_NL --paired 40
 """
 
 from __future__ import annotations
@@ -118,24 +119,31 @@ def measure(
     from ragrec.prompts import PromptBudget, builtin_registry
 
     gguf = precision.removeprefix("llamacpp-") if precision.startswith("llamacpp-") else None
+    options = {}
+    if gguf is not None and ":" in gguf:  # llamacpp-Q4_K_M:flash_attn=false: backend options after the colon
+        from ragrec.config import parse_overrides
+
+        gguf, rest = gguf.split(":", 1)
+        options = parse_overrides(rest.split(","))
     quant = precision if precision in ("8bit", "4bit") else "none"
     dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(precision, "auto")
     loaded = load_model(spec, quantization=quant, dtype=dtype, device=device)
     model = loaded.model
     backend = None
     if gguf is not None:  # the model's own GGUF ("own") or an export of its weights at F16 / Q8_0 / Q4_K_M
-        backend = make_backend("llamacpp", loaded, model=spec, quant=None if gguf == "own" else gguf, max_tokens=4096)
+        backend = make_backend("llamacpp", loaded, model=spec, quant=None if gguf == "own" else gguf, max_tokens=4096,
+                               **options)  # fmt: skip
     ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget(max_tokens=4096),
                           batch_size=8, backend=backend)  # fmt: skip
     tokens = [len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     for i in range(warmup):
         ranker.label_scores(prompts[i : i + 1], labels[i : i + 1])
-    times = []
+    times, scores = [], {}
     for i in range(reps):
         j = i % len(prompts)
         _sync(device)
         t0 = time.perf_counter()
-        ranker.label_scores(prompts[j : j + 1], labels[j : j + 1])
+        scores[j] = ranker.label_scores(prompts[j : j + 1], labels[j : j + 1])[0]
         _sync(device)
         times.append(time.perf_counter() - t0)
     _sync(device)
@@ -159,6 +167,7 @@ def measure(
         "achieved_flops": achieved,
         "_loaded": loaded,
         "_ranker": ranker,
+        "_scores": scores,
     }
 
 
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batched", type=int, default=16, help="prompts in the throughput run (batches of 8)")
     p.add_argument("--few", nargs="*", default=[], help="precisions timed on 3 requests only (very slow ones)")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    p.add_argument("--paired", type=int, default=0, help="then N rounds of one request per precision, interleaved")
     args = p.parse_args(argv)
     if args.export_prompts:
         export_prompts(args.prompts)
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             from ragrec.inference import resolve_model
 
             spec = _random_folder(resolve_model(spec)[0] if not Path(spec).is_dir() else spec, Path(tmp))
-        rows, ratio = [], None
+        rows, ratio, reference, kept = [], None, None, {}
         for prec in precisions:
             _log(f"{prec} ...")
             few = prec in args.few or (not cuda and prec == "8bit")  # bitsandbytes int8 on CPU is slow too
@@ -240,7 +250,11 @@ def main(argv: list[str] | None = None) -> None:
             entry["flops_fraction_of_peak"] = entry["achieved_flops"] / entry["matmul_peak_flops"]
             if ratio is None and prec in ("fp32", "bf16") and (prec == "fp32" or cuda):
                 ratio = generation_ratio(entry, prompts, labels)
+            reference = reference if reference is not None else entry["_scores"]  # the first row's scores
+            entry["spearman_vs_first_median"] = _agreement(reference, entry["_scores"])
             rows.append({k: v for k, v in entry.items() if not k.startswith("_")})
+            if args.paired:
+                kept[prec] = entry["_ranker"]
             del entry
             if cuda:
                 torch.cuda.empty_cache()
@@ -256,28 +270,65 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         env["gpu"] = torch.cuda.get_device_name()
     result = {"env": env, "rows": rows, "generation_vs_verbalizer": ratio}
+    if args.paired:
+        result["paired"] = paired(kept, prompts, labels, args.paired)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     _write_md(result, args.out.with_suffix(".md"))
     _log(f"wrote {args.out}")
 
 
+def paired(rankers: dict, prompts: list[str], labels: list[list[str]], rounds: int) -> dict:
+    """Each round times the same prompt on every precision, in a rotating order, so that the machine's
+    drift hits them alike; per precision: the median time and the median per-round ratio to the first."""
+    names = list(rankers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        j = r % len(prompts)
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            rankers[n].label_scores(prompts[j : j + 1], labels[j : j + 1])
+            times[n].append(time.perf_counter() - t0)
+    first = times[names[0]]
+    return {"rounds": rounds, "order": "rotating", "rows": [
+        {"precision": n, "p50_s": statistics.median(times[n]),
+         "ratio_to_first_median": statistics.median(t / f for t, f in zip(times[n], first))} for n in names]}  # fmt: skip
+
+
+def _agreement(reference: dict, scores: dict) -> float:
+    """Median Spearman correlation, over the prompts both rows scored, of the candidates' letter scores."""
+    from scipy.stats import spearmanr
+
+    common = sorted(set(reference) & set(scores))
+    return float(np.median([spearmanr(reference[j], scores[j]).statistic for j in common]))
+
+
 def _write_md(result: dict, path: Path) -> None:
     env = result["env"]
     lines = [f"# Rank-request latency ({env.get('gpu', env['machine'])}, {env['threads']} threads, "
              f"{'random-init ' if env['random_init'] else ''}{env['model']})", "",
-             "| precision | p50 ms | p95 ms | batched prompts/s | memory MiB | vs fp16 | FLOP/s fraction of matmul peak |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| precision | p50 ms | p95 ms | batched prompts/s | memory MiB | vs fp16 | FLOP/s fraction of matmul peak "
+             "| letter scores vs first row (median Spearman) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
         vs = f"{r['memory_vs_fp16']:.2f}" if r["memory_vs_fp16"] else ""
         lines.append(f"| {r['precision']} | {r['p50_s'] * 1000:.1f} | {r['p95_s'] * 1000:.1f} | "
                      f"{r['batched_prompts_per_s']:.1f} | {r['memory_bytes'] / 2**20:.0f} | {vs} | "
-                     f"{r['flops_fraction_of_peak']:.2f} |")  # fmt: skip
+                     f"{r['flops_fraction_of_peak']:.2f} | {r.get('spearman_vs_first_median', float('nan')):.3f} |")  # fmt: skip
     g = result["generation_vs_verbalizer"]
     if g:
         lines += ["", f"Generation-based listwise ranking ({g['precision']}, {g['generated_tokens_median']} tokens "
                   f"written): {g['generation_s_median']:.2f} s per request, {g['ratio_median']:.1f}x the verbalizer's "
                   "single forward pass (median of 5)."]  # fmt: skip
+    if result.get("paired"):
+        pr = result["paired"]
+        first = pr["rows"][0]["precision"]
+        lines += ["", f"Interleaved ({pr['rounds']} rounds, one request per precision each, in a rotating order; "
+                  f"ratio: per round, time / {first}'s, median):", "", "| precision | p50 ms | time vs " + first + " |",
+                  "|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {r['precision']} | {r['p50_s'] * 1000:.1f} | {r['ratio_to_first_median']:.2f} |" for r in pr["rows"]
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 

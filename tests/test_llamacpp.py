@@ -56,6 +56,34 @@ def test_llamacpp_writes_text_and_catalog_titles():
     assert ex.model_text and ex.text
 
 
+def test_llamacpp_reuses_the_shared_prefix_without_changing_scores():
+    """A prompt is evaluated after the prefix it shares with the context's tokens (the chat template's
+    system part; all but the last token of a repeated prompt), with the scores of a fresh context."""
+    pytest.importorskip("llama_cpp")
+    from ragrec.inference.backends import make_backend
+    from ragrec.prompts import chat_text
+
+    loaded = load_model("smollm2-135m-instruct", device="cpu")
+    cpp = make_backend("llamacpp", loaded, model="smollm2-135m-instruct")
+    tok = loaded.tokenizer
+    prompts = [chat_text(tok, [{"role": "user", "content": q}]) for q in
+               ("Pick A or B: a comedy or a drama?", "Pick A or B: a western or a musical?")]  # fmt: skip
+    ids = [tok.convert_tokens_to_ids(t) for t in ("A", "B")]
+    evaluated: list[int] = []
+    run = cpp.llm.eval
+    cpp.llm.eval = lambda tokens: (evaluated.append(len(tokens)), run(tokens))[1]
+    reused = cpp.token_logprobs([*prompts, prompts[1]], [ids] * 3)
+    fresh = []
+    for p in prompts:
+        cpp.llm.reset()
+        fresh += cpp.token_logprobs([p], [ids])
+    full = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    assert evaluated[0] == full[0] and evaluated[1] < full[1] and evaluated[2] == 1, (evaluated, full)
+    np.testing.assert_allclose(reused[0], fresh[0], atol=1e-3)
+    np.testing.assert_allclose(reused[1], fresh[1], atol=1e-2)  # another split of the prompt into batches
+    np.testing.assert_allclose(reused[2], fresh[1], atol=1e-2)
+
+
 def test_llamacpp_serves_a_lora_adapter_like_transformers(tmp_path):
     """A scenario's peft LoRA adapter, converted to a GGUF adapter by llama.cpp's own converter, moves
     llama.cpp's scores as it moves transformers' (and a Q8_0 export of the base serves it too)."""

@@ -98,3 +98,21 @@ def test_cli_encoder_help_lists_the_registered_trainers():
 
     assert sorted(ENCODER_KINDS.split(" | ")) == TRAINERS.names()
     assert set(SCENARIO_RETRIEVERS) == {"auto"} | {n for n in TRAINERS.names() if TRAINERS.get(n).scenario}
+
+
+def test_retrain_refits_each_kind_through_its_registered_trainer():
+    """`ragrec retrain` refits by the trainer registry: same kind and settings, fitted on train + valid."""
+    from conftest import movie_data
+    from ragrec.pipeline import TRAINERS, refit_encoder
+    from ragrec.retrieval import HybridEncoder
+
+    data = movie_data()
+    for name in ("ease", "als", "popularity"):
+        encoder, _ = TRAINERS.get(name).fit(data, None)
+        refit = refit_encoder(encoder, data)
+        assert type(refit) is type(encoder) and getattr(refit, "config", None) == getattr(encoder, "config", None)
+    known = sum(len(h) for h in data.histories(splits=(S.TRAIN, S.VALID)).values())
+    assert refit_encoder(PopularityEncoder.fit(data, splits=(S.TRAIN,)), data).counts.sum() == known
+    ease = TRAINERS.get("ease").fit(data, None)[0]
+    with pytest.raises(RagrecError, match="cannot refit a 'hybrid'"):
+        refit_encoder(HybridEncoder([ease, ease], [1.0, 1.0]), data)

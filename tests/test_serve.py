@@ -178,8 +178,12 @@ def test_feedback_changes_the_next_recommendation_at_once(client):
                                    {"user_id": "newbie", "item_id": "m5", "timestamp": 2}])  # fmt: skip
     newbie = client.get("/recommend/newbie", params={"n": 3}).json()
     assert newbie["fallback"] is None and not {"m2", "m5"} & {i["item_id"] for i in newbie["items"]}
-    hist = client.app.state.ragrec.recommender.scenario().histories["newbie"]
+    sc = client.app.state.ragrec.recommender.scenario()
+    hist = sc.histories["newbie"]
     assert hist.item_ids == ("m2", "m5") and hist.timestamps == (1, 2)
+    # one store of histories: the scenario's retriever answers the new user id from it, and saves it
+    assert sc.retriever.retrieve(["newbie"], k=3)[0].fallback is None
+    assert list(sc.retriever.histories["newbie"]) == ["m2", "m5"]
 
 
 def test_a_new_item_is_retrievable_at_once(client):

@@ -19,7 +19,7 @@ from ragrec.errors import RagrecError
 from ragrec.registry import Registry
 
 __all__ = ["build_scenario", "SCENARIO_RETRIEVERS", "resolve_retriever", "select_ease", "select_mf", "MF_GRIDS",
-           "Trainer", "TRAINERS"]  # fmt: skip
+           "Trainer", "TRAINERS", "trainer_of", "refit_encoder"]  # fmt: skip
 # The grid a scenario's EASE retriever is chosen from on validation (l2 fits once each; decay only
 # weighs the query). On ML-100K's RecBole split it picks l2 300, decay 0.9 (benchmarks/results/retrieval.md).
 EASE_L2_GRID = (100.0, 300.0, 1000.0, 3000.0)
@@ -118,7 +118,9 @@ class Trainer:
     ``select(data, progress=...)``, when there is one, chooses the settings on validation (used when
     none are given). ``fixed`` are settings the name implies (``als``: ``algorithm=als``);
     ``section`` is the encoder's section in a ``--config`` YAML; ``scenario``: a scenario may be
-    built on it (``build_scenario``)."""
+    built on it (``build_scenario``). ``refit(encoder, data, **options)``, when there is one, fits a
+    new encoder with ``encoder``'s settings on everything ``data`` knows (train + validation;
+    ``ragrec retrain``)."""
 
     config_model: Any
     section: str
@@ -126,6 +128,7 @@ class Trainer:
     select: Callable[..., tuple[Any, dict]] | None = None
     fixed: dict[str, str] = field(default_factory=dict)
     scenario: bool = True
+    refit: Callable[..., Any] | None = None
 
 
 TRAINERS: Registry[Trainer] = Registry("encoder")
@@ -151,20 +154,24 @@ def _register_trainers() -> None:
         config = config or MFConfig(algorithm=algorithm)
         return MFEncoder.fit(data, config), {"config": config.model_dump()}
 
+    known = (S.TRAIN, S.VALID)
     TRAINERS.register("ease", Trainer(
         EASEConfig, "ease", lambda data, config, **_: (EASEEncoder.fit(data, config), {}),
-        lambda data, progress=False: select_ease(data, progress=progress)))  # fmt: skip
-    TRAINERS.register("sasrec", Trainer(SASRecConfig, "sasrec", sasrec))
+        lambda data, progress=False: select_ease(data, progress=progress),
+        refit=lambda enc, data, **_: EASEEncoder.fit(data, enc.config, splits=known)))  # fmt: skip
+    TRAINERS.register("sasrec", Trainer(SASRecConfig, "sasrec", sasrec, refit=lambda enc, data, progress=False, **_:
+                                        SASRecEncoder.fit(data, enc.config, progress=progress)[0]))  # fmt: skip
     for algorithm in ("als", "bpr"):
         TRAINERS.register(algorithm, Trainer(MFConfig, "mf", lambda data, config, a=algorithm, **kw: mf(data, config, a),
                                              lambda data, progress=False, a=algorithm: select_mf(data, a, progress=progress),
-                                             {"algorithm": algorithm}))  # fmt: skip
-    TRAINERS.register(
-        "popularity", Trainer(None, "popularity", lambda data, config, **_: (PopularityEncoder.fit(data), {}))
-    )
+                                             {"algorithm": algorithm},
+                                             refit=lambda enc, data, **_: MFEncoder.fit(data, enc.config, splits=known)))  # fmt: skip
+    TRAINERS.register("popularity", Trainer(None, "popularity", lambda data, config, **_: (PopularityEncoder.fit(data), {}),
+                                            refit=lambda enc, data, **_: PopularityEncoder.fit(data, splits=known)))  # fmt: skip
     TRAINERS.register("text", Trainer(TextEncoderConfig, "text",
                                       lambda data, config, embedder=None, **_: (TextEncoder.fit(data, config, embedder=embedder), {}),
-                                      scenario=False))  # fmt: skip
+                                      scenario=False, refit=lambda enc, data, embedder=None, **_:
+                                      TextEncoder.fit(data, enc.config, embedder=embedder or enc.embedder)))  # fmt: skip
     TRAINERS.register("hybrid", Trainer(None, "hybrid", _fit_hybrid, scenario=False))
 
 
@@ -185,6 +192,24 @@ def _fit_hybrid(data, config, *, parts=(), **_):
 
 
 _register_trainers()
+
+
+def trainer_of(encoder: Any) -> Trainer:
+    """The registered trainer of ``encoder``'s kind (ALS and BPR: by the algorithm in its config)."""
+    return TRAINERS.get(encoder.config.algorithm if encoder.kind == "mf" else encoder.kind)
+
+
+def refit_encoder(encoder: Any, data: InteractionData, **options: Any) -> Any:
+    """A new encoder of ``encoder``'s kind and settings fitted on ``data``'s train + validation
+    interactions (SASRec: trained with early stopping on validation, then refitted with it);
+    ``options`` go to the trainer's ``refit`` (``embedder``, ``progress``)."""
+    trainer = trainer_of(encoder)
+    if trainer.refit is None:
+        raise RagrecError(f"ragrec retrain cannot refit a {encoder.kind!r} retriever yet; rebuild it with "
+                          "`ragrec retriever train` and `ragrec recommender build`")  # fmt: skip
+    return trainer.refit(encoder, data, **options)
+
+
 SCENARIO_RETRIEVERS = ("auto", *(n for n in TRAINERS.in_order() if TRAINERS.get(n).scenario))
 
 

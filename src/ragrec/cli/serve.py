@@ -98,7 +98,7 @@ def batch_recommend_cmd(
 
 def gguf_cmd(
     model: Annotated[str, typer.Argument(help="Model: built-in alias, folder, .gguf file or Hub id.")],
-    quant: Annotated[str, typer.Option(help="F16 | Q8_0 | Q4_K_M.")] = "Q8_0",
+    quant: Annotated[str, typer.Option(help="F16 | Q8_0 | Q4_K_M | Q4_0 | IQ4_NL.")] = "Q8_0",
     adapter: Annotated[
         Optional[Path], typer.Option(help="Also convert this peft LoRA adapter folder (trained on MODEL).")
     ] = None,

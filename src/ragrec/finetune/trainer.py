@@ -196,12 +196,18 @@ def validation_metric(config: FinetuneConfig, data=None) -> tuple[str, bool]:
     task in registration order (rank: the LLM stage's NDCG@10; explain: ROUGE-L against held-out
     reviews; rate: rating MAE; chat: answers kept without fallback), skipping a task whose
     validation data ``data`` lacks (explain without review text)."""
+    metric, higher, _ = _validation_plan(config, data)
+    return metric, higher
+
+
+def _validation_plan(config: FinetuneConfig, data=None) -> tuple[str, bool, list[str]]:
+    """:func:`validation_metric` and the validation users it is computed on (with ``data``)."""
     from ragrec.tasks import task_specs
 
     specs = [s for s in task_specs() if s.name in config.mixture]
-    if data is not None:
-        specs = [s for s in specs if _validation_users(data, s.metric, config)] or specs
-    return specs[0].metric, specs[0].higher_is_better
+    users = {s.metric: _validation_users(data, s.metric, config) if data is not None else [] for s in specs}
+    spec = next((s for s in specs if users[s.metric]), specs[0])
+    return spec.metric, spec.higher_is_better, users[spec.metric]
 
 
 def _validation_users(data, metric: str, config: FinetuneConfig) -> list[str]:
@@ -298,8 +304,7 @@ def finetune(
     notes = list(examples.notes) + ([f"{too_long} examples longer than the prompt budget dropped"] if too_long else [])
     if len(dataset) == 0:
         raise RagrecError(f"no training examples for scenario {scenario.name!r}: {'; '.join(notes) or 'empty data'}")
-    metric, higher = validation_metric(config, scenario.data)
-    valid_users = _validation_users(scenario.data, metric, config)
+    metric, higher, valid_users = _validation_plan(config, scenario.data)
     if not valid_users:
         raise RagrecError(f"scenario {scenario.name!r} has no validation users for early stopping on {metric}")
 

@@ -45,8 +45,9 @@ class RecommenderConfig(BaseModel):
     )  # fmt: skip
 
     backend_options: dict[str, Any] = Field(
-        default_factory=dict, description="Settings of the backend (llamacpp: quant = F16 | Q8_0 | Q4_K_M for an "
-        "export of the model's weights instead of its own GGUF, threads; vllm: gpu_memory_utilization, max_lora_rank).",
+        default_factory=dict, description="Settings of the backend (llamacpp: quant = F16 | Q8_0 | Q4_K_M | Q4_0 | "
+        "IQ4_NL for an export of the model's weights instead of its own GGUF, threads, flash_attn; "
+        "vllm: gpu_memory_utilization, max_lora_rank).",
     )  # fmt: skip
 
     @field_validator("backend")

@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ragrec.data.text import render_item_text
-from ragrec.inference.backends import Backend, Decoding, make_backend
+from ragrec.inference.backends import Backend, Decoding
 from ragrec.inference.evidence import evidence_block
 from ragrec.inference.grounding import Grounding, TitleMatcher, attribute_explanation
 from ragrec.inference.models import LoadedModel
+from ragrec.inference.runner import PromptRunner
 from ragrec.prompts import (
     OutputContract,
     PromptBudget,
@@ -203,8 +204,10 @@ class ExplanationStream:
             yield self.explanation.text
 
 
-class Explainer:
+class Explainer(PromptRunner):
     """Explains recommendations with the ``explain`` template (output contract: text)."""
+
+    output_kind = "text"
 
     def __init__(
         self,
@@ -215,12 +218,8 @@ class Explainer:
         budget: PromptBudget | None = None,
         backend: Backend | None = None,
     ) -> None:
-        template.require_output("text")
-        self.loaded = loaded
-        self.template = template
+        super().__init__(loaded, template, budget=budget, backend=backend)
         self.matcher = matcher
-        self.budget = budget or PromptBudget()
-        self.backend = backend or make_backend("transformers", loaded)
 
     def messages(
         self, history: Sequence[Item], item: Item, item_noun: str, evidence: Sequence[Evidence] = ()

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ragrec.errors import RagrecError
-from ragrec.inference.backends import Backend, Decoding, make_backend
-from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
+from ragrec.inference.backends import Decoding
+from ragrec.inference.runner import PromptRunner
+from ragrec.prompts import chat_text, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["TitleTrie", "ConstrainedGenerator", "GeneratedList"]
@@ -71,22 +71,13 @@ class GeneratedList:
     text: str
 
 
-class ConstrainedGenerator:
+class ConstrainedGenerator(PromptRunner):
     """Generates up to ``n`` titles from a trie with the ``generate`` template (greedy)."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        template: PromptTemplate,
-        *,
-        budget: PromptBudget | None = None,
-        backend: Backend | None = None,
-    ) -> None:
-        template.require_output("text")
-        self.loaded = loaded
-        self.backend = backend or make_backend("transformers", loaded)
-        self.template = template
-        self.budget = budget or PromptBudget()
+    output_kind = "text"
+
+    def setup(self) -> None:
+        loaded = self.loaded
         # Titles are separated by a newline (one per line), or by ';' / '|' where the tokenizer
         # has no single newline token.
         for text in ("\n", ";", "|"):

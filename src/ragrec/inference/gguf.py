@@ -29,7 +29,10 @@ from ragrec.io import atomic_directory, sha256_file
 
 __all__ = ["QUANTS", "tools_dir", "export_model", "export_adapter", "quantize"]
 
-QUANTS = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
+# llama_ftype values (LLAMA_FTYPE_MOSTLY_*). Q4_0 and IQ4_NL quantize in blocks of 32 (K-quants: 256), so
+# models whose rows are not a multiple of 256 wide (SmolLM2-135M: 576) keep them 4-bit, and llama.cpp
+# repacks both for its fastest CPU kernels at load.
+QUANTS = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15, "Q4_0": 2, "IQ4_NL": 25}
 _MEMBERS = re.compile(
     r"^[^/]+/vendor/llama\.cpp/(convert_hf_to_gguf\.py|convert_lora_to_gguf\.py|conversion/.+|gguf-py/.+)$"
 )
@@ -96,10 +99,14 @@ def _name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if Path(model).exists() else model).strip("-")
 
 
-def quantize(src: str | PathLike[str], dst: str | PathLike[str], quant: str) -> Path:
-    """Quantize GGUF ``src`` to ``quant`` (one of :data:`QUANTS`) as ``dst``."""
+def _check_quant(quant: str) -> None:
     if quant not in QUANTS:
         raise RagrecError(f"unknown quantization {quant!r}; valid: {', '.join(QUANTS)}")
+
+
+def quantize(src: str | PathLike[str], dst: str | PathLike[str], quant: str) -> Path:
+    """Quantize GGUF ``src`` to ``quant`` (one of :data:`QUANTS`) as ``dst``."""
+    _check_quant(quant)
     llama_cpp = _llama_cpp()
     dst = Path(dst)
     params = llama_cpp.llama_model_quantize_default_params()
@@ -116,8 +123,7 @@ def quantize(src: str | PathLike[str], dst: str | PathLike[str], quant: str) -> 
 def export_model(model: str, quant: str = "Q8_0") -> Path:
     """``model`` (alias, folder, .gguf or Hub id, as :func:`~ragrec.inference.load_model` takes it) as a
     GGUF file at ``quant``: converted from its weights at F16 once, then quantized; cached."""
-    if quant not in QUANTS:
-        raise RagrecError(f"unknown quantization {quant!r}; valid: {', '.join(QUANTS)}")
+    _check_quant(quant)
     folder = _model_folder(model)
     stem = paths.home() / "models" / "gguf" / _name(model)
     stem.parent.mkdir(parents=True, exist_ok=True)

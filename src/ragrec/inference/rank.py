@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ragrec.errors import RagrecError
-from ragrec.inference.backends import Backend, make_backend
+from ragrec.inference.backends import Backend
 from ragrec.inference.models import LoadedModel
+from ragrec.inference.runner import PromptRunner
 from ragrec.prompts import (
     PromptBudget,
     PromptTemplate,
@@ -31,8 +32,13 @@ from ragrec.types import Item, RankedItem
 __all__ = ["LetterRanker"]
 
 
-class LetterRanker:
+class LetterRanker(PromptRunner):
     """Scores lettered candidates with a causal LM (see module docstring)."""
+
+    output_kind = "label"
+
+    def backend_options(self) -> dict:
+        return {"batch_size": self.batch_size, "max_tokens": self.budget.max_tokens}
 
     def __init__(
         self,
@@ -43,14 +49,9 @@ class LetterRanker:
         batch_size: int = 8,
         backend: Backend | None = None,
     ) -> None:
-        template.require_output("label")
-        self.loaded = loaded
-        self.template = template
-        self.budget = budget or PromptBudget()
         self.batch_size = batch_size
         # What reads the letters' log-probabilities (default: transformers over ``loaded``).
-        self.backend = backend or make_backend("transformers", loaded, batch_size=batch_size,
-                                               max_tokens=self.budget.max_tokens)  # fmt: skip
+        super().__init__(loaded, template, budget=budget, backend=backend)
         self._label_ids: dict[str, int] = {}
         self._labels_for: dict[int, list[str]] = {}  # n -> labels; prompts() asks once per user
 

@@ -11,9 +11,8 @@ import torch
 
 from ragrec.data.text import render_item_text
 from ragrec.errors import RagrecError
-from ragrec.inference.backends import Backend, make_backend
-from ragrec.inference.models import LoadedModel
-from ragrec.prompts import PromptBudget, PromptTemplate, chat_text, history_block, sanitize
+from ragrec.inference.runner import PromptRunner
+from ragrec.prompts import chat_text, history_block, sanitize
 from ragrec.types import Item
 
 __all__ = ["RatingPredictor", "RatingPrediction"]
@@ -28,26 +27,19 @@ class RatingPrediction:
     distribution: dict[str, float]
 
 
-class RatingPredictor:
+class RatingPredictor(PromptRunner):
     """Predicts ratings with the ``rate`` template (output contract: digits)."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        template: PromptTemplate,
-        *,
-        budget: PromptBudget | None = None,
-        backend: Backend | None = None,
-    ) -> None:
-        template.require_output("digit")
-        self.loaded = loaded
-        self.backend = backend or make_backend("transformers", loaded, max_tokens=None)
-        self.template = template
-        self.budget = budget or PromptBudget()
-        self.values = list(template.output.values)
+    output_kind = "digit"
+
+    def backend_options(self) -> dict:
+        return {"max_tokens": None}
+
+    def setup(self) -> None:
+        self.values = list(self.template.output.values)
         self.ids = []
         for v in self.values:
-            tid = loaded.single_token_id(v)
+            tid = self.loaded.single_token_id(v)
             if tid is None:
                 raise RagrecError(f"rating value {v!r} is not a single token for this tokenizer")
             self.ids.append(tid)

@@ -5,7 +5,7 @@ live updates a service applies to a scenario (new interactions, new items)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -120,6 +120,22 @@ def _rules(rules: ListRules | None, fields: Mapping[str, Any]) -> ListRules | No
         raise RagrecError(f"invalid business rules: {exc}") from None
 
 
+class _HistoryIds(Mapping[str, Sequence[str]]):
+    """The item ids of a scenario's histories, read through (what its retriever answers user ids from)."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self._scenario = scenario
+
+    def __getitem__(self, user_id: str) -> Sequence[str]:
+        return self._scenario.histories[user_id].item_ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._scenario.histories)
+
+    def __len__(self) -> int:
+        return len(self._scenario.histories)
+
+
 @dataclass
 class Scenario:
     """One scenario's catalog, retriever, optional text encoder, templates and adapter."""
@@ -132,6 +148,10 @@ class Scenario:
     adapter: Path | None = None
     reranker: Reranker | None = None  # the learning-to-rank stage (ragrec.finetune.ltr); replaces the fusion
     _updates: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # One store of histories: the retriever answers user ids from this scenario's (feedback included).
+        self.retriever.histories = _HistoryIds(self)
 
     @property
     def name(self) -> str:
@@ -206,7 +226,6 @@ class Scenario:
             ids, times, rates = (tuple(col) for col in zip(*rows))
             merged = UserHistory(user_id, ids, times if None not in times else (), rates)
             self.histories[user_id] = merged
-            self.retriever.histories[user_id] = list(ids)
         return merged
 
     def check_new_items(self, ids: Sequence[str]) -> None:

@@ -67,7 +67,7 @@ class Retriever:
     ) -> None:
         self.encoder = encoder
         self.index = index
-        self.histories = {u: list(h) for u, h in histories.items()}
+        self.histories: Mapping[str, Sequence[str]] = {u: list(h) for u, h in histories.items()}
         self.popularity = popularity
         self.scenario = scenario
         self.name = name or encoder.kind
@@ -118,7 +118,7 @@ class Retriever:
         if users is not None:
             for u in users:
                 if u in self.histories:
-                    requests.append((u, self.histories[u], None))
+                    requests.append((u, list(self.histories[u]), None))
                 else:
                     requests.append((u, [], f"unknown user {u!r}: popularity"))
         else:
@@ -172,7 +172,7 @@ class Retriever:
             if not derived:
                 self.index.save(staging / "index")
             self.popularity.save(staging / "popularity")
-            meta = {"name": self.name, "scenario": self.scenario, "histories": self.histories,
+            meta = {"name": self.name, "scenario": self.scenario, "histories": {u: list(h) for u, h in self.histories.items()},
                     "index": {"rebuild": derived, "factory": self.index.factory}}  # fmt: skip
             atomic_write_text(staging / "retriever.json", json.dumps(meta) + "\n")
         return path

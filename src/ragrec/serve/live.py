@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ragrec import schema as S
-from ragrec.errors import RagrecError
 from ragrec.serve.store import Deployment, FeedbackStore, Interaction, StoredItem, Version
 
-__all__ = ["replay", "retrain", "refit_encoder", "ReplayReport"]
+__all__ = ["replay", "retrain", "ReplayReport"]
 
 
 @dataclass
@@ -67,27 +66,6 @@ def replay(rec, store: FeedbackStore, version: Version) -> ReplayReport:
     return report
 
 
-def refit_encoder(encoder, data, *, embedder=None, progress: bool = False):
-    """A new encoder of ``encoder``'s kind and settings fitted on ``data``'s train + validation
-    interactions (SASRec: trained with early stopping on validation, then refitted with it)."""
-    from ragrec.retrieval import EASEEncoder, PopularityEncoder, SASRecEncoder, TextEncoder
-    from ragrec.retrieval.mf import MFEncoder
-
-    known = (S.TRAIN, S.VALID)
-    if isinstance(encoder, EASEEncoder):
-        return EASEEncoder.fit(data, encoder.config, splits=known)
-    if isinstance(encoder, MFEncoder):
-        return MFEncoder.fit(data, encoder.config, splits=known)
-    if isinstance(encoder, SASRecEncoder):
-        return SASRecEncoder.fit(data, encoder.config, progress=progress)[0]
-    if isinstance(encoder, PopularityEncoder):
-        return PopularityEncoder.fit(data, splits=known)
-    if isinstance(encoder, TextEncoder):
-        return TextEncoder.fit(data, encoder.config, embedder=embedder or encoder.embedder)
-    raise RagrecError(f"ragrec retrain cannot refit a {encoder.kind!r} retriever yet; rebuild it with "
-                      "`ragrec retriever train` and `ragrec recommender build`")  # fmt: skip
-
-
 def _with_feedback(data, items: list[StoredItem], interactions: list[Interaction]):
     """``data`` plus new catalog items and feedback interactions (in the train split)."""
     if not items and not interactions:
@@ -119,6 +97,7 @@ def retrain(
     new version (see module docstring). Adapters, templates, fusion and rerankers are carried over."""
     from ragrec.inference import Scenario
     from ragrec.inference.persistence import load_parts, save_recommender
+    from ragrec.pipeline import refit_encoder
     from ragrec.retrieval import Retriever
 
     current = deployment.current()

