@@ -130,7 +130,7 @@ def measure(
     loaded = load_model(spec, quantization=quant, dtype=dtype, device=device)
     model = loaded.model
     backend = None
-    if gguf is not None:  # the model's own GGUF ("own") or an export of its weights at F16 / Q8_0 / Q4_K_M
+    if gguf is not None:  # the model's own GGUF ("own") or an export of its weights (a key of gguf.QUANTS)
         backend = make_backend("llamacpp", loaded, model=spec, quant=None if gguf == "own" else gguf, max_tokens=4096,
                                **options)  # fmt: skip
     ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget(max_tokens=4096),

@@ -50,50 +50,9 @@ _PAST_CUE = re.compile(
 # The prompt's own list layout copied back ("1. Heat (1995) | Crime" on its own line) instead of an answer.
 _LIST_LINE = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*\u2022])\s|\s\|\s")
 # Words too common to start a misquoted title (see TitleMatcher.misquoted).
-_COMMON = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "of",
-        "and",
-        "in",
-        "on",
-        "to",
-        "for",
-        "with",
-        "my",
-        "your",
-        "you",
-        "i",
-        "it",
-        "is",
-        "are",
-        "was",
-        "be",
-        "this",
-        "that",
-        "these",
-        "those",
-        "from",
-        "at",
-        "by",
-        "as",
-        "or",
-        "but",
-        "not",
-        "no",
-        "so",
-        "if",
-        "all",
-        "one",
-        "two",
-        "some",
-        "more",
-        "most",
-        "very",
-    ]
-)
+_COMMON = frozenset(["the", "a", "an", "of", "and", "in", "on", "to", "for", "with", "my", "your", "you", "i", "it",
+                     "is", "are", "was", "be", "this", "that", "these", "those", "from", "at", "by", "as", "or", "but",
+                     "not", "no", "so", "if", "all", "one", "two", "some", "more", "most", "very"])  # fmt: skip
 _META = re.compile(r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b", re.I)
 
 
