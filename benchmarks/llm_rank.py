@@ -46,12 +46,17 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _scenario():
+def ml100k_data():
+    """ML-100K with the RecBole leave-one-out split of docs/evaluation.md."""
     from ragrec.data import pull, split_from_file
+
+    return split_from_file(pull("ml-100k").data, PEERS / "ml100k_loo_split.csv")
+
+
+def _scenario():
     from ragrec.pipeline import build_scenario
 
-    data = split_from_file(pull("ml-100k").data, PEERS / "ml100k_loo_split.csv")
-    return build_scenario(data, "movies", item_noun="movie", text=False)
+    return build_scenario(ml100k_data(), "movies", item_noun="movie", text=False)
 
 
 def prepare(out: Path) -> None:

@@ -43,12 +43,11 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def games_scenario(users: int, seed: int = 0):
+def games_data(users: int, seed: int = 0):
     """Amazon Video Games (LLMRank's processing): ``users`` users sampled, leave-one-out split."""
     from ragrec import schema as S
     from ragrec.data import InteractionData, load_raw
     from ragrec.data.split import leave_one_out
-    from ragrec.pipeline import build_scenario
 
     data = load_raw("recbole", GAMES, name="games")
     frame = data.interactions_frame()
@@ -57,8 +56,14 @@ def games_scenario(users: int, seed: int = 0):
     frame = frame[frame[S.USER_ID].isin(keep)]
     items = data.items_frame()
     items = items[items[S.ITEM_ID].isin(set(frame[S.ITEM_ID]))]  # the sampled users' catalog
-    sub = InteractionData.from_frames(f"games-{len(keep)}", frame, items)
-    return build_scenario(leave_one_out(sub), "games", item_noun="game", text=False)
+    return leave_one_out(InteractionData.from_frames(f"games-{len(keep)}", frame, items))
+
+
+def games_scenario(users: int, seed: int = 0):
+    """:func:`games_data` as a scenario (recency EASE chosen on validation, no text retriever)."""
+    from ragrec.pipeline import build_scenario
+
+    return build_scenario(games_data(users, seed), "games", item_noun="game", text=False)
 
 
 def scenario_for(args):

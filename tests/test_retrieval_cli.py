@@ -37,6 +37,26 @@ def test_recency_weighting_helps_on_sequences(walk_data):  # noqa: F811
     assert recent["ndcg@10"] > plain["ndcg@10"] and recent["ndcg@10"] > pop["ndcg@10"]
 
 
+def test_ease_fills_untrained_items_from_content_neighbours():
+    # items a, b, c, d trained; e never: its text is a's, so it takes a's column and row
+    seqs = [["a", "b"], ["a", "b", "c"], ["c", "d"], ["b", "d"], ["a", "c"]]
+    enc = EASEEncoder.from_sequences(["a", "b", "c", "d", "e"], seqs, EASEConfig(l2=1.0))
+    assert enc.untrained() == [4]
+    vectors = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0.01, 0]], dtype=np.float32)
+    filled = enc.fill_untrained(vectors, k=1, shrink=0.5)
+    w, b = filled.weights, enc.weights
+    assert np.allclose(w[:4, 4], 0.5 * b[:4, 0]) and np.allclose(w[4, 1:4], 0.5 * b[0, 1:4])
+    assert w[4, 4] == 0 and np.allclose(w[:4, :4], b[:4, :4]) and not b[4].any()  # the original is unchanged
+    assert filled.untrained() == []
+    # a history with b now recommends e, as it recommends a
+    assert filled.scores([["b"]])[0, 4] > 0 and filled.scores([["b"]])[0, 4] == pytest.approx(0.5 * b[1, 0])
+    two = enc.fill_untrained(vectors, k=2)  # two neighbours: a weighted mean of a's and b's columns
+    mix = np.array([1.0, 0.01]) / 1.01
+    assert np.allclose(two.weights[:4, 4], b[:4, :2] @ mix, atol=1e-6)
+    with pytest.raises(ValueError, match="4 rows for a catalog of 5"):
+        enc.fill_untrained(vectors[:4])
+
+
 def test_ease_refuses_huge_catalogs(walk_data):  # noqa: F811
     with pytest.raises(RagrecError, match="dense 25 x 25 matrix"):
         EASEEncoder.fit(walk_data, EASEConfig(max_items=10))

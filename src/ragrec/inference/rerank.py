@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from os import PathLike
 from pathlib import Path
@@ -170,11 +170,12 @@ class RerankFeatures:
 
 
 def item_vectors(loaded, catalog: Mapping[str, Item], *, layer: int | None = None, batch: int = 64,
-                 max_tokens: int = 32, progress: bool = True) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
-    """Unit-length, mean-centred LLM vectors of every catalog item's title (with its year): the
-    mean hidden state over the title's first ``max_tokens`` tokens at ``layer`` (default: the middle
-    layer); titles are sorted by length into batches so little padding is computed. Returns the
-    vectors (float32), the item ids in row order and the layer used."""
+                 max_tokens: int = 32, progress: bool = True,
+                 text: Callable[[Item], str] | None = None) -> tuple[np.ndarray, list[str], int]:  # fmt: skip
+    """Unit-length, mean-centred LLM vectors of every catalog item's title (with its year; or
+    ``text(item)`` when given): the mean hidden state over the text's first ``max_tokens`` tokens
+    at ``layer`` (default: the middle layer); texts are sorted by length into batches so little
+    padding is computed. Returns the vectors (float32), the item ids in row order and the layer used."""
     import torch
     from tqdm.auto import tqdm
 
@@ -184,7 +185,7 @@ def item_vectors(loaded, catalog: Mapping[str, Item], *, layer: int | None = Non
     if not 0 < layer <= layers:
         raise RagrecError(f"layer {layer} of a {layers}-layer model: need 1..{layers}")
     ids = list(catalog)
-    texts = [_title(catalog[i]) for i in ids]
+    texts = [(text or _title)(catalog[i]) for i in ids]
     order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths batched together
     out = []
     device = next(model.parameters()).device

@@ -5,6 +5,12 @@
 over the catalog, each item weighted ``decay ** age`` (newest age 0), so recent items count more
 (``decay = 1`` is plain EASE); an item's vector is its column of ``B``. The dense N x N matrix
 limits it to catalogs of ``max_items`` items.
+
+An item without training interactions has a zero row and column: EASE cannot recommend it, and
+it counts for nothing in a history. :meth:`EASEEncoder.fill_untrained` gives such items the
+weighted mean of the rows and columns of their most similar trained items in a content space
+(text or LLM item vectors), so new items are ranked on EASE's own scale (a fusion of EASE with a
+text score on another scale cannot lift them past well-scored trained items).
 """
 
 from __future__ import annotations
@@ -110,6 +116,41 @@ class EASEEncoder(Encoder):
         rows = list(weights)[::-1]  # oldest first
         w = np.asarray([weights[r] for r in rows], dtype=np.float32)[:, None]
         return [self.item_ids[r] for r in rows], (w * self.weights[np.ix_(rows, cols)]).astype(np.float32)
+
+    def untrained(self) -> list[int]:
+        """Catalog rows whose row and column of ``B`` are all zero (no training interaction)."""
+        w = self.weights
+        return np.flatnonzero(~(w.any(axis=0) | w.any(axis=1))).tolist()
+
+    def fill_untrained(
+        self, vectors: np.ndarray, rows: Sequence[int] | None = None, *, k: int = 20, shrink: float = 1.0
+    ) -> EASEEncoder:
+        """A copy in which each item of ``rows`` (default: :meth:`untrained`) gets ``shrink`` times
+        the weighted mean of the columns, then the rows, of its ``k`` most similar trained items
+        under cosine similarity of ``vectors`` ((N, d), this encoder's item order: text or LLM item
+        vectors); neighbour weights are the similarities clipped at 0, normalised to sum 1.
+        ``diag(B) = 0`` is kept. The encoder itself is unchanged."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape[0] != len(self.item_ids):
+            raise ValueError(f"vectors has {vectors.shape[0]} rows for a catalog of {len(self.item_ids)} items")
+        if k < 1 or shrink < 0:
+            raise ValueError(f"need k >= 1 and shrink >= 0, got k={k}, shrink={shrink}")
+        cold = sorted(set(self.untrained() if rows is None else (int(r) for r in rows)))
+        warm = np.setdiff1d(np.arange(len(self.item_ids)), cold)
+        if not cold or not len(warm):
+            return EASEEncoder(self.item_ids, self.weights.copy(), self.config)
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        sims = np.clip(unit[cold] @ unit[warm].T, 0.0, None)  # (C, W)
+        k = min(k, len(warm))
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        mix = np.zeros_like(sims)
+        np.put_along_axis(mix, top, np.take_along_axis(sims, top, axis=1), axis=1)
+        mix /= np.maximum(mix.sum(axis=1, keepdims=True), 1e-12)  # (C, W), rows sum to 1 (or 0)
+        w = self.weights.copy()
+        w[:, cold] = shrink * (w[:, warm] @ mix.T)  # columns: how much each item supports a new one
+        w[cold, :] = shrink * (mix @ w[warm, :])  # rows: how much a new item in a history supports others
+        w[cold, cold] = 0.0
+        return EASEEncoder(self.item_ids, w, self.config)
 
     def _config(self) -> dict[str, Any]:
         return self.config.model_dump()
