@@ -47,7 +47,7 @@ from runlog import log_test_run, print_summary, provenance
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # weight of each part beside EASE's 1
+GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # weight of each part beside EASE's 1
 FILL_K, FILL_SHRINK = (3, 10, 30), (0.5, 1.0, 2.0, 4.0)  # content-neighbour fill of EASE's untrained items
 FILL_K_AMONG = (1, 3, 10, 30, 100)  # ranking among new items only: the neighbours' count is the only setting
 TUNE_USERS = 5000  # validation users the fusion weights are chosen on (a fixed random sample beyond this)

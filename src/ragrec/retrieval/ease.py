@@ -139,16 +139,21 @@ class EASEEncoder(Encoder):
         warm = np.setdiff1d(np.arange(len(self.item_ids)), cold)
         if not cold or not len(warm):
             return EASEEncoder(self.item_ids, self.weights.copy(), self.config)
+        from scipy import sparse
+
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         sims = np.clip(unit[cold] @ unit[warm].T, 0.0, None)  # (C, W)
         k = min(k, len(warm))
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        mix = np.zeros_like(sims)
-        np.put_along_axis(mix, top, np.take_along_axis(sims, top, axis=1), axis=1)
-        mix /= np.maximum(mix.sum(axis=1, keepdims=True), 1e-12)  # (C, W), rows sum to 1 (or 0)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (C, k) positions in `warm`
+        weight = np.take_along_axis(sims, top, axis=1)
+        weight /= np.maximum(weight.sum(axis=1, keepdims=True), 1e-12)  # rows sum to 1 (or 0)
+        mix = sparse.csr_matrix(
+            (weight.ravel(), (np.repeat(np.arange(len(cold)), k), warm[top].ravel())),
+            shape=(len(cold), len(self.item_ids)),
+        )  # (C, N): k trained neighbours each
         w = self.weights.copy()
-        w[:, cold] = shrink * (w[:, warm] @ mix.T)  # columns: how much each item supports a new one
-        w[cold, :] = shrink * (mix @ w[warm, :])  # rows: how much a new item in a history supports others
+        w[:, cold] = shrink * np.asarray(mix @ w.T).T  # columns: how much each item supports a new one
+        w[cold, :] = shrink * np.asarray(mix @ w)  # rows: how much a new item in a history supports others
         w[cold, cold] = 0.0
         return EASEEncoder(self.item_ids, w, self.config)
 
