@@ -184,10 +184,12 @@ def run(args) -> None:
     del loaded
 
     # fusion weights on validation (a fixed sample of users on big datasets); EASE zeroed on untrained items
-    _, vhist, vtargets = eval_users(data, S.VALID)
-    if len(vhist) > TUNE_USERS:
-        pick = np.random.default_rng(0).choice(len(vhist), TUNE_USERS, replace=False)
-        vhist, vtargets = [vhist[i] for i in pick], [vtargets[i] for i in pick]
+    every, vhist, vtargets = eval_users(data, S.VALID)
+    vcold_users = [u for u, t in zip(every, vtargets) if t in cold_set]  # for the ranking among new items
+    vusers = every
+    if len(every) > TUNE_USERS:
+        pick = np.random.default_rng(0).choice(len(every), TUNE_USERS, replace=False)
+        vusers, vhist, vtargets = [every[i] for i in pick], [vhist[i] for i in pick], [vtargets[i] for i in pick]
     untrained = {0: [int(r) for r in np.flatnonzero(pop.counts == 0)]}
     data_index = {i: r for r, i in enumerate(ease.item_ids)}
     hybrids, tuning = {}, {}
@@ -199,12 +201,7 @@ def run(args) -> None:
         _log(f"hybrid {name}: {tuning[name]}")
 
     # EASE with its untrained items filled from their content neighbours; (k, shrink) chosen on validation
-    vusers = eval_users(data, S.VALID)[0]
-    if len(vusers) > TUNE_USERS:
-        vusers = [vusers[i] for i in np.random.default_rng(0).choice(len(vusers), TUNE_USERS, replace=False)]
     cold_rows = [data_index[i] for i in cold]
-    vtargets_all = data.targets(S.VALID)
-    vcold_users = [u for u in eval_users(data, S.VALID)[0] if vtargets_all[u] in cold_set]
     filled, filled_among = {}, {}
     for name, enc in (("text", text), ("LLM", llm)):
         (k, shrink), best = _best_fill(ease, enc.vectors, data, vusers, itertools.product(FILL_K, FILL_SHRINK))
