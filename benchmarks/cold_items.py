@@ -22,11 +22,11 @@ report gives:
 each on all test users, the cold-target slice and the warm slice, with paired bootstrap CIs for
 what the LLM's vectors give against the text encoder's (as neighbour spaces for EASE, alone, and in
 the fusion) and what filling adds to EASE, on every slice. Writes ``benchmarks/results/<name>.{json,md}``,
-``<name>_recall.png``, ``<name>_slices.png`` and ``<name>_per_user.csv`` (with a ``cold`` column);
+``<name>_recall.png``, ``<name>_slices.png`` and ``<name>_per_user.csv`` (a new target marked "(cold)");
 test figures go to ``results/test_runs.jsonl``.
 
-    python benchmarks/cold_items.py                        # ML-100K (RecBole split), ~5 min on 2 cores
-    python benchmarks/cold_items.py --dataset games        # Amazon Video Games, 6,000 sampled users
+    python benchmarks/cold_items.py                        # ML-100K (RecBole split), ~2 min on 2 cores
+    python benchmarks/cold_items.py --dataset games        # Amazon Video Games, 6,000 sampled users, ~27 min
     python benchmarks/cold_items.py --split valid --out /tmp/x  # develop on validation: nothing logged
 """
 
@@ -92,19 +92,19 @@ class _Among:
 
 
 def _best_fill(ease, vectors, data, users, grid, among=None):
-    """The (k, shrink) of ``grid`` whose filled EASE scores the best validation NDCG@10 on ``users``
-    (ranking among ``among`` rows when given), with that score."""
+    """The filled EASE of the (k, shrink) in ``grid`` that scores the best validation NDCG@10 on
+    ``users`` (ranking among ``among`` rows when given), its (k, shrink) and that score (first best)."""
     from ragrec import schema as S
     from ragrec.eval import evaluate_encoder
 
-    tried = []
+    best = None
     for k, shrink in grid:
         enc = ease.fill_untrained(vectors, k=k, shrink=shrink)
-        enc = _Among(enc, among) if among is not None else enc
-        tried.append(
-            ((k, shrink), evaluate_encoder(enc, data, split=S.VALID, users=users, list_k=0).metrics((10,))["ndcg@10"])
-        )
-    return max(tried, key=lambda t: t[1])
+        scored = _Among(enc, among) if among is not None else enc
+        score = evaluate_encoder(scored, data, split=S.VALID, users=users, list_k=0).metrics((10,))["ndcg@10"]
+        if best is None or score > best[2]:
+            best = (enc, (k, shrink), score)
+    return best
 
 
 def _subset(result, mask: np.ndarray, label: str):
@@ -191,7 +191,6 @@ def run(args) -> None:
         pick = np.random.default_rng(0).choice(len(every), TUNE_USERS, replace=False)
         vusers, vhist, vtargets = [every[i] for i in pick], [vhist[i] for i in pick], [vtargets[i] for i in pick]
     untrained = {0: [int(r) for r in np.flatnonzero(pop.counts == 0)]}
-    data_index = {i: r for r, i in enumerate(ease.item_ids)}
     hybrids, tuning = {}, {}
     for name, parts in {"EASE + text": [ease, text], "EASE + LLM": [ease, llm],
                         "EASE + text + LLM": [ease, text, llm]}.items():  # fmt: skip
@@ -201,14 +200,14 @@ def run(args) -> None:
         _log(f"hybrid {name}: {tuning[name]}")
 
     # EASE with its untrained items filled from their content neighbours; (k, shrink) chosen on validation
-    cold_rows = [data_index[i] for i in cold]
+    cold_rows = [ease.item_index[i] for i in cold]
     filled, filled_among = {}, {}
     for name, enc in (("text", text), ("LLM", llm)):
-        (k, shrink), best = _best_fill(ease, enc.vectors, data, vusers, itertools.product(FILL_K, FILL_SHRINK))
-        filled[name] = ease.fill_untrained(enc.vectors, k=k, shrink=shrink)
+        grid = itertools.product(FILL_K, FILL_SHRINK)
+        filled[name], (k, shrink), best = _best_fill(ease, enc.vectors, data, vusers, grid)
         tuning[f"EASE + {name} neighbours"] = {"k": k, "shrink": shrink, "valid_ndcg@10": round(best, 6)}
-        (k, _), best = _best_fill(ease, enc.vectors, data, vcold_users, [(k_, 1.0) for k_ in FILL_K_AMONG], cold_rows)
-        filled_among[name] = ease.fill_untrained(enc.vectors, k=k)  # among new items only k matters
+        grid = [(k_, 1.0) for k_ in FILL_K_AMONG]  # among new items only k matters
+        filled_among[name], (k, _), best = _best_fill(ease, enc.vectors, data, vcold_users, grid, cold_rows)
         tuning[f"EASE + {name} neighbours, among new items"] = {"k": k, "valid_ndcg@10": round(best, 6)}
         _log(f"EASE + {name} neighbours: {tuning[f'EASE + {name} neighbours']}; among new items: k {k}")
 

@@ -118,7 +118,8 @@ class EASEEncoder(Encoder):
         return [self.item_ids[r] for r in rows], (w * self.weights[np.ix_(rows, cols)]).astype(np.float32)
 
     def untrained(self) -> list[int]:
-        """Catalog rows whose row and column of ``B`` are all zero (no training interaction)."""
+        """Catalog rows whose row and column of ``B`` are all zero: items without training interactions
+        (and any item that never shared a training user with another item)."""
         w = self.weights
         return np.flatnonzero(~(w.any(axis=0) | w.any(axis=1))).tolist()
 
