@@ -64,22 +64,24 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _scenario(data_dir: Path, adapter: Path | None = None):
-    from ragrec.data import load_raw
+def _scenario(data_dir: Path, adapter: Path | None = None, describe: bool = True):
+    from ragrec.data import describe_from_reviews, load_raw
     from ragrec.data.split import leave_one_out
     from ragrec.pipeline import build_scenario
 
     data = leave_one_out(load_raw("amazon", data_dir, name="amazon-musical-instruments"))
+    if describe:  # "item B00.. | reviews mention: capo, planet waves, ..." from training-split reviews
+        data = describe_from_reviews(data)
     sc = build_scenario(data, "instruments", item_noun="product", text=False)
     sc.adapter = adapter
     return sc
 
 
-def train(ft_dir: Path, data_dir: Path, model: str, overrides: dict) -> None:
+def train(ft_dir: Path, data_dir: Path, model: str, overrides: dict, describe: bool = True) -> None:
     from ragrec.finetune import FinetuneConfig, finetune
     from ragrec.inference import load_model
 
-    sc = _scenario(data_dir)
+    sc = _scenario(data_dir, describe=describe)
     loaded = load_model(model)
     config = FinetuneConfig(**{**TRAIN_DEFAULTS, **overrides})
     _log(
@@ -93,16 +95,17 @@ def train(ft_dir: Path, data_dir: Path, model: str, overrides: dict) -> None:
     _log(f"trained in {res.train_seconds / 60:.1f} min, {res.steps} steps ({res.stop_reason})")
 
 
-def score(ft_dir: Path, data_dir: Path, model: str, n_users: int) -> None:
+def score(ft_dir: Path, data_dir: Path, model: str, n_users: int, describe: bool = True) -> None:
     from ragrec.eval.explain import evaluate_explanations, review_targets
     from ragrec.eval.llm import sample_users
     from ragrec.inference import Recommender, load_model
 
-    base = _scenario(data_dir)
+    base = _scenario(data_dir, describe=describe)
     users = sample_users(sorted(review_targets(base.data, "test")[0]), n_users, seed=0)
     for key, system in SYSTEMS.items():
         out = ft_dir / f"explain_{key}.json"
-        if out.is_file() and json.loads(out.read_text())["users"] == users:
+        old = json.loads(out.read_text()) if out.is_file() else {}
+        if old.get("users") == users and old.get("describe", False) == describe:
             _log(f"{system}: already scored ({out})")
             continue
         adapter = ft_dir / "adapter" if key == "tuned" else None
@@ -115,7 +118,7 @@ def score(ft_dir: Path, data_dir: Path, model: str, n_users: int) -> None:
         payload = {"system": system, "users": ev.users, "items": ev.items, "references": ev.references,
                    "texts": ev.texts, "grounded": ev.grounded.tolist(), "skipped": ev.skipped,
                    "seconds": ev.seconds, "device": rec.loaded.device, "dataset": ev.dataset, "shown": ev.shown,
-                   "fallback": ev.fallback.tolist(), "names_evidence": ev.names_evidence.tolist()}  # fmt: skip
+                   "fallback": ev.fallback.tolist(), "names_evidence": ev.names_evidence.tolist(), "describe": describe}  # fmt: skip
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload))
         tmp.replace(out)
@@ -252,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides, key=value")
     p.add_argument("--users", type=int, default=400, help="test users explained (sampled with seed 0)")
+    p.add_argument(
+        "--no-describe",
+        dest="describe",
+        action="store_false",
+        help="prompts name items by ASIN only (no 'reviews mention: ...' from training reviews)",
+    )
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the report goes (smoke runs: elsewhere)")
     args = p.parse_args(argv)
@@ -261,9 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     ft_dir = args.work / "ft_mi"
     ft_dir.mkdir(parents=True, exist_ok=True)
     if "train" in args.stages:
-        train(ft_dir, args.data, args.model, parse_overrides(args.set))
+        train(ft_dir, args.data, args.model, parse_overrides(args.set), args.describe)
     if "score" in args.stages:
-        score(ft_dir, args.data, args.model, args.users)
+        score(ft_dir, args.data, args.model, args.users, args.describe)
     if "report" in args.stages:
         report(ft_dir, args.results, {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
 

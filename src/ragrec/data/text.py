@@ -61,7 +61,10 @@ def render_item_text(
     """``Item`` -> e.g. ``"Toy Story (1995) | Animation, Children's, Comedy"``, at most ``max_chars``.
 
     ``fields`` picks from ``title``, ``year``, ``categories``, ``brand``, ``description`` (in
-    that display order). An item without any text renders as ``"item <id>"``.
+    that display order). An item without any text renders as ``"item <id>"``. An item with no
+    title, year, categories or brand (a catalog of ids) renders as ``"item <id> | <description>"``
+    when ``title`` is among ``fields`` and it has a description (also when ``description`` is not
+    among them): otherwise nothing would say what it is (see :func:`ragrec.data.reviews.describe_from_reviews`).
     """
     unknown = set(fields) - set(ITEM_TEXT_FIELDS)
     if unknown:
@@ -75,7 +78,9 @@ def render_item_text(
         parts.append(", ".join(c for c in cats if c))
     if "brand" in fields and item.brand:
         parts.append(f"by {clean_text(item.brand)}")
-    if "description" in fields and item.description:
+    if not parts and "title" in fields and item.description:  # an id-only catalog: say what the item is
+        parts = [f"item {item.item_id}", clean_text(item.description)]
+    elif "description" in fields and item.description:
         parts.append(clean_text(item.description))
     text = " | ".join(p for p in parts if p) or f"item {item.item_id}"
     return truncate(text, max_chars)
