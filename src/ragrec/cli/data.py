@@ -64,6 +64,13 @@ def prepare_cmd(
     user_core: Annotated[Optional[int], typer.Option(help=_P["user_core"].description)] = None,
     item_core: Annotated[Optional[int], typer.Option(help=_P["item_core"].description)] = None,
     split: Annotated[str, typer.Option(help="loo | ratio:0.8,0.1,0.1 | file:PATH | none.")] = "loo",
+    describe_from_reviews: Annotated[
+        bool,
+        typer.Option(
+            help="Items without a description get 'reviews mention: ...' from the training reviews "
+            "(catalogs of ids, e.g. Amazon reviews without a meta file)."
+        ),
+    ] = False,  # fmt: skip
 ) -> None:
     """Read raw files in a published format, preprocess, split and save them."""
     try:
@@ -82,8 +89,13 @@ def prepare_cmd(
         data = load_raw(format, path, **options)
     target = output if output is not None else (name or data.name)
     with console.status("preprocessing and splitting..."):
-        data = prepare(data, preprocessing=config, split=split_config, save_as=target)
+        data = prepare(data, preprocessing=config, split=split_config, save_as=target,
+                       describe_from_reviews=describe_from_reviews)  # fmt: skip
     console.print(f"{data.name}: {len(data.interactions):,} interactions saved to {output or target}")
+    if describe_from_reviews:
+        console.print(f"{data.info.get('items_described_from_reviews', 0):,} items described from their reviews")
+    elif (stats := data.stats()).items_with_title == 0 and stats.has_reviews:
+        console.print("no item has a title: --describe-from-reviews gives prompts what reviewers say of each item")
 
 
 @app.command("stats")

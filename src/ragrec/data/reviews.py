@@ -51,27 +51,27 @@ def review_terms(
     *,
     terms: int = 6,
     min_reviews: int = 2,
-    min_items: int = 3,
+    min_df: int = 3,
     splits: Iterable[str] | None = None,
 ) -> dict[str, list[str]]:
     """Item id -> up to ``terms`` distinctive words or two-word phrases of its reviews, best first.
 
     A term counts for an item when at least ``min_reviews`` of the item's reviews use it (an item
-    with a single review: that one); terms used in fewer than ``min_items`` items' reviews overall, and
-    English stop words, are never picked. A term whose words (plural ``s`` aside) are all in terms
+    with a single review: that one); terms in fewer than ``min_df`` of all the reviews read (a rare
+    name or typo) and English stop words are never picked. A term whose words (plural ``s`` aside) are all in terms
     already picked is skipped ("picks" after "pick"; "pop filter" after "pop" and "filter").
     ``splits``: which interactions' reviews to read; default the training split of split data, every
     review of data that is not split. Items without reviews are left out of the result."""
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer
 
-    if terms < 1 or min_reviews < 1 or min_items < 1:
-        raise ValueError(f"terms, min_reviews and min_items must be >= 1, got {terms}, {min_reviews}, {min_items}")
+    if min(terms, min_reviews, min_df) < 1:
+        raise ValueError(f"terms, min_reviews and min_df must be >= 1, got {terms}, {min_reviews}, {min_df}")
     frame = _reviews(data, splits)
     if frame.empty:
         return {}
     vec = CountVectorizer(stop_words="english", ngram_range=(1, 2), binary=True, token_pattern=_WORDS,
-                          min_df=min(min_items, len(frame)))  # fmt: skip
+                          min_df=min(min_df, len(frame)))  # fmt: skip
     try:
         used = vec.fit_transform(frame[S.REVIEW].astype(str).to_numpy())  # (reviews, terms) 0/1
     except ValueError:  # no term left (every word a stop word or too rare)

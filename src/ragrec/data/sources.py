@@ -171,10 +171,17 @@ def prepare(
     preprocessing: PreprocessConfig | None = None,
     split: SplitConfig | None = None,
     save_as: str | Path | None = None,
+    describe_from_reviews: bool = False,
 ) -> InteractionData:
-    """Preprocess, split and (``save_as``: a cache name or folder) save atomically."""
+    """Preprocess, split and (``save_as``: a cache name or folder) save atomically.
+    ``describe_from_reviews``: items without a description get one from the training split's
+    reviews (:func:`ragrec.data.reviews.describe_from_reviews`; for catalogs of ids)."""
     data = preprocess(data, preprocessing or PreprocessConfig())
     data = apply_split(data, split or SplitConfig())
+    if describe_from_reviews:
+        from ragrec.data.reviews import describe_from_reviews as describe
+
+        data = describe(data)  # the training split's reviews (every review when not split)
     if save_as is not None:
         target = Path(save_as) if isinstance(save_as, Path) or "/" in str(save_as) else dataset_path(str(save_as))
         data.save(target)
