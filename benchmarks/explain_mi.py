@@ -4,8 +4,10 @@ review text.
 
 Leave-one-out split (the last review of each user is the test target, the one before it the
 validation target); the retriever is recency EASE on the training split (the scenario needs one;
-explanations do not use it). The items carry no titles (no metadata was available), so prompts
-name them by ASIN, as PETER and P5 do with ids.
+explanations do not use it). The items carry no titles (no metadata was available): prompts name
+them by ASIN, as PETER and P5 do with ids, followed by what the training split's reviews of the item
+mention (``ragrec.data.describe_from_reviews``: "item B008BPI2HE | reviews mention: capo, planet
+waves, ..."; ``--no-describe``: the ASIN alone).
 
 Stages (each can run alone):
 
@@ -150,7 +152,7 @@ def _plot(evals, per_user) -> bytes:
     return png_bytes(fig)
 
 
-def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) -> None:
+def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None, log: bool = True) -> None:
     from ragrec.eval.explain import ExplanationEval
     from ragrec.eval.report import write_report
 
@@ -162,6 +164,7 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
                                      d["texts"], np.array(d["grounded"], dtype=bool), d["skipped"], d["seconds"],
                                      d.get("shown"), **flags))  # fmt: skip
     zero, tuned = evals
+    described = json.loads((ft_dir / "explain_tuned.json").read_text()).get("describe", False)
     trained = json.loads((ft_dir / "train.json").read_text())
     rows = []
     for ev in evals:
@@ -184,13 +187,22 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
         "title outside the catalog, and states no category or year/decade that neither the explained item nor a "
         "named item has. Items have no titles, categories or years here (ASINs only), so the checks that bite are "
         "quoted titles and stated years (the zero-shot model calls items 'a high-end, 2019-2020 model').",
+        "Item text: "
+        + (
+            "each item line is its ASIN and what the training split's reviews of it mention (`ragrec.data."
+            "describe_from_reviews`: words and two-word phrases that several of the item's reviews use and few other "
+            "items' reviews do, e.g. 'item B003AYEAHC | reviews mention: chorus effect, mxr micro, analog chorus'); "
+            "held-out reviews are never read. Adapter and zero-shot model see the same prompts."
+            if described
+            else "the ASIN alone (`--no-describe`)."
+        ),
         f"Training: {sum(trained['examples'].values())} explain examples from training-split reviews, LoRA "
         f"r={cfg['lora_r']} on the last {cfg['lora_layers']} layers, lr {cfg['learning_rate']:g}, {trained['steps']} "
         f"steps of {cfg['grad_accum']}, {trained['train_seconds'] / 60:.1f} min on {trained['device']} "
         f"({trained['stop_reason']}); validation ROUGE-L on {cfg['eval_users']} users: {trained['valid_curve']}.",
         "Evidence: the history items behind the item (EASE's exact per-item contributions) are in the prompt and "
-        "in every response (`Explanation.evidence`). Items here are ASINs, so an explanation names an evidence item "
-        "only by writing its ASIN (names_evidence_rate); the fine-tuned model learned to write like a review and "
+        "in every response (`Explanation.evidence`). Items here have no names, so an explanation names an evidence "
+        "item only by writing its ASIN (names_evidence_rate); the fine-tuned model learned to write like a review and "
         "names none. Fallback: the shown text was built from the data because the model's was refused.",
         "Published peer (another dataset, for orientation): P5-small on Beauty, BLEU-4 2.70, ROUGE-L 18.65.",
     ]
@@ -203,10 +215,15 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
                 samples.append(f"  - shown: {ev.shown[j]}")
         samples.append("")
     per_user = [ev.rouge_per_user() for ev in evals]
-    runs = log_test_run("explain_mi", "explain_mi: LoRA explain adapter vs zero-shot SmolLM2-135M", config or {},
-                        {f"{r['system']} {m}": r[m] for r in rows for m in ("bleu4", "rouge_l", "grounded_rate")})  # fmt: skip
+    recipe = "explain_mi: LoRA explain adapter vs zero-shot SmolLM2-135M"
+    earlier = _logged_rouge(recipe) if log else _logged_rouge(recipe)[:-1]  # render-only: this run is the last
+    runs = log_test_run("explain_mi", recipe, config or {},
+                        {f"{r['system']} {m}": r[m] for r in rows for m in ("bleu4", "rouge_l", "grounded_rate")}) if log \
+        else runlog.test_runs(recipe)  # fmt: skip
     notes.append(f"Test runs of this recipe in results/test_runs.jsonl: {runs} (this one included; runs before "
                  "2026-12-02 were not logged). Per-user ROUGE-L and grounding: explain_mi_per_user.csv.")  # fmt: skip
+    if earlier:
+        notes.append("Earlier logged test runs, fine-tuned ROUGE-L: " + "; ".join(earlier) + ".")
     _write_per_user(results / "explain_mi_per_user.csv", evals, per_user)
     written = write_report(results / "explain_mi", rows, title="Explanations, Amazon Musical Instruments (test)",
                            comparisons=[(f"{tuned.system} - {zero.system}", diff)], notes=notes,
@@ -221,6 +238,19 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None) ->
     for r in rows:
         print(f"{r['system']}: BLEU-4 {r['bleu4']:.2f} ROUGE-L {r['rouge_l']:.2f} grounded {r['grounded_rate']:.3f}")
     _log("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def _logged_rouge(recipe: str) -> list[str]:
+    """``"13.93 (2026-12-03, 931e35f)"`` for each logged test run of ``recipe``, oldest first."""
+    if not runlog.RUN_LOG.is_file():
+        return []
+    out = []
+    for line in runlog.RUN_LOG.read_text("utf-8").splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        fig = {k: v for k, v in entry.get("figures", {}).items() if k.startswith("fine-tuned") and "rouge_l" in k}
+        if entry.get("recipe") == recipe and fig:
+            out.append(f"{next(iter(fig.values())):.2f} ({entry['date'][:10]}, {entry['commit']})")
+    return out
 
 
 def _contract() -> str:
@@ -262,6 +292,11 @@ def main(argv: list[str] | None = None) -> None:
         help="prompts name items by ASIN only (no 'reviews mention: ...' from training reviews)",
     )
     p.add_argument("--work", type=Path, default=WORK)
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="report: rewrite the report of the last logged run (the scores in --work) without logging it again",
+    )
     p.add_argument("--results", type=Path, default=RESULTS, help="where the report goes (smoke runs: elsewhere)")
     args = p.parse_args(argv)
     runlog.started()  # the commit this run's code is from
@@ -274,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     if "score" in args.stages:
         score(ft_dir, args.data, args.model, args.users, args.describe)
     if "report" in args.stages:
-        report(ft_dir, args.results, {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "render_only"}
+        report(ft_dir, args.results, config, log=not args.render_only)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The residual, retriever-anchored LLM stage on ML-100K (RecBole split, docs/evaluation.md).
+"""The residual, retriever-anchored LLM stage on ML-100K or Amazon Video Games (docs/evaluation.md).
+
+ML-100K: the RecBole split; ``--dataset games``: 6,000 sampled users, leave-one-out.
 
 Trains the residual ranker (ragrec.finetune.residual: out-of-fold candidate lists, the fixed
 retriever + item-priors fusion as the anchor, the LLM's letter log-probabilities as a learned
@@ -16,6 +18,7 @@ Writes ``benchmarks/results/llm_stage.{json,md}``, ``llm_stage_recall.png``,
 ``llm_stage_per_user.csv``; the test figures go to ``results/test_runs.jsonl``.
 
     python benchmarks/llm_stage.py                      # the committed run (~45 min on a 2-core CPU)
+    python benchmarks/llm_stage.py --dataset games --valid-users 2000   # -> results/llm_stage_games.*
     python benchmarks/llm_stage.py --examples 200 --epochs 1 --valid-users 60 --test-users 60 --out /tmp/x  # smoke
 """
 
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import runlog
+from rerank_stage import add_dataset_options, parse_dataset_args
 from runlog import log_test_run, print_summary, provenance
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +55,7 @@ def _prompt_tokens(rec, sc, lists) -> float:
 
 
 def run(args) -> None:
-    from llm_rank import _scenario
+    from rerank_stage import scenario_for
 
     from ragrec.eval.llm import llm_results, sample_users, score_llm, slot_bias, split_priors
     from ragrec.eval.protocol import beyond_context
@@ -61,7 +65,7 @@ def run(args) -> None:
     from ragrec.inference.recommender import Recommender, RecommenderConfig
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    sc = _scenario()
+    sc, label = scenario_for(args)
     choice = sc.config.retriever_choice or {}
     _log(f"scenario: EASE l2 {choice.get('l2')} decay {choice.get('decay')} (chosen on valid)")
     loaded = load_model(args.model)
@@ -72,7 +76,7 @@ def run(args) -> None:
                          scale_init=args.scale_init, patience=args.patience)  # fmt: skip
 
     # (e) and (g) are fitted on validation inside the recipe (the anchor and the priors-only fusion)
-    run_ = finetune_residual(rec, sc.name, cfg, args.work / "llm_stage_adapter")
+    run_ = finetune_residual(rec, sc.name, cfg, args.work / f"{args.name}_adapter")
     result, fusion_e, fusion_g, oof = run_.result, run_.anchor, run_.priors_only, run_.out_of_fold
     names_e, names_g = fusion_e.names, fusion_g.names
     train_ex, render_seconds = run_.train_examples, run_.render_seconds_per_example
@@ -126,7 +130,7 @@ def run(args) -> None:
     before = _before_seconds()
     timing = {**result.timing, "render_seconds_per_example": render_seconds, "serve_seconds_per_user": serve_seconds,
               "before_seconds_per_example": before}  # fmt: skip
-    runs = 0 if split != "test" else log_test_run("llm_stage", "llm_stage: residual retriever-anchored SmolLM2-135M over recency EASE, ML-100K",
+    runs = 0 if split != "test" else log_test_run("llm_stage" if args.dataset == "ml-100k" else "llm_stage_games", f"llm_stage: residual retriever-anchored SmolLM2-135M over recency EASE, {label}",
                         provenance(config)["config"], {f"{r['system']} ndcg@10": r["ndcg@10"] for r in rows})  # fmt: skip
     ratio = h.metrics((10,))["ndcg@10"] / max(a.metrics((10,))["ndcg@10"], 1e-12)
     extra = {
@@ -151,10 +155,10 @@ def run(args) -> None:
         "position_bias": bias.as_dict(),
         "ratio_h_over_a": round(ratio, 4),
         "recommend_agrees": f"{agree}/{len(check)}",
-        "per_user": "llm_stage_per_user.csv",
+        "per_user": f"{args.name}_per_user.csv",
     }
     notes = [
-        "docs/evaluation.md: ML-100K RecBole split, history masked, two-stage (a target outside the 20 candidates is a "
+        f"docs/evaluation.md: {label}, history masked, two-stage (a target outside the 20 candidates is a "
         "miss), pessimistic ties. Fusions and early stopping on validation users only.",
         f"Test runs of this recipe in results/test_runs.jsonl: {runs} (this one included). Command: `{extra['command']}`.",
         f"Training lists: out-of-fold recency EASE ({oof['folds']} folds), {oof['positions']} training positions, "
@@ -170,8 +174,8 @@ def run(args) -> None:
         "Position bias of the fine-tuned LLM column, by the candidate's slot in the retriever's order (the LLM saw a "
         f"shuffle): {bias.summary()}.",
     ]
-    where = RESULTS if split == "test" else args.work  # validation runs are development, not results
-    write_report(where / args.name, rows, title=f"Residual LLM stage, ML-100K ({split})", results=results,
+    where = Path(args.out) if args.out else RESULTS if split == "test" else args.work  # valid: development
+    write_report(where / args.name, rows, title=f"Residual LLM stage, {label} ({split})", results=results,
                  comparisons=comparisons, notes=notes, extra=extra,
                  targets=[sc.data.targets(split)[u] for u in a.users])  # fmt: skip
     print_summary(rows, comparisons)
@@ -199,14 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-history", type=int, default=12)
     p.add_argument("--item-chars", type=int, default=60)
     p.add_argument("--max-minutes", type=float, default=30.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-init", type=float, default=0.0, help="the LLM's scale when training starts")
     p.add_argument("--patience", type=int, default=4, help="validations without gain before stopping")
-    p.add_argument("--split", choices=["valid", "test"], default="test",
-                   help="evaluate on validation users (development; written to --work, not logged) or test")  # fmt: skip
-    p.add_argument("--name", default="llm_stage", help="results/<name>.{json,md}")
-    p.add_argument("--work", type=Path, default=WORK)
-    args = p.parse_args(argv)
+    p.add_argument("--work", type=Path, default=WORK, help="adapters; validation reports when --out is not given")
+    add_dataset_options(p, "llm_stage")  # --dataset, --users, --seed, --split, --name, --out
+    args = parse_dataset_args(p, argv)
     runlog.started()
     args.work.mkdir(parents=True, exist_ok=True)
     run(args)
