@@ -18,6 +18,8 @@ shapes, same speed). A llama.cpp row's memory is its GGUF file's size (the weigh
 
     python benchmarks/latency.py                       # CPU, writes results/latency.json + .md
     python benchmarks/latency.py --precisions fp32 llamacpp-Q8_0 llamacpp-Q4_K_M llamacpp-IQ4_NL --paired 40
+    # Gemma-3-270M, whose wheel's own GGUF is Q4_K_M:
+    python benchmarks/latency.py --model gemma3-270m --precisions fp32 llamacpp-own --paired 30 --out benchmarks/results/latency_gemma.json
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WORK = HERE.parent / ".bench"
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def export_prompts(out: Path, n: int = 64) -> None:
+def export_prompts(out: Path, n: int = 64, model: str = DEFAULT_MODEL) -> None:
     """Rank prompts of the first ``n`` ML-100K test users (train + valid history, the scenario's 20
-    retrieved candidates), with their letters, rendered by the library's ranker."""
+    retrieved candidates), with their letters, rendered by the library's ranker in ``model``'s chat
+    format."""
     from ragrec import schema as S
     from ragrec.data import pull
     from ragrec.inference import LetterRanker, load_model
@@ -56,7 +60,7 @@ def export_prompts(out: Path, n: int = 64) -> None:
     sc = build_scenario(pull("ml-100k").data, "movies", item_noun="movie", text=False)
     users = sorted(sc.data.targets(S.TEST), key=int)[:n]
     results = sc.retriever.retrieve(users, k=20)
-    loaded = load_model("smollm2-135m-instruct")
+    loaded = load_model(model)
     ranker = LetterRanker(loaded, builtin_registry().get("movies", "rank"), budget=PromptBudget())
     hist = [[sc.catalog[i] for i in sc.histories[u].item_ids if i in sc.catalog] for u in users]
     cands = [[sc.catalog[c.item_id] for c in r.candidates] for r in results]
@@ -205,10 +209,15 @@ def generation_ratio(entry: dict, prompts: list[str], labels: list[list[str]], r
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precisions", nargs="*", default=None)
-    p.add_argument("--prompts", type=Path, default=WORK / "latency_prompts.json")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="rank prompts file (default: .bench/latency_prompts[_<model>].json, written when missing)",
+    )
     p.add_argument("--export-prompts", action="store_true", help="write --prompts (64 ML-100K rank prompts), exit")
     p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
     p.add_argument("--reps", type=int, default=20)
@@ -217,8 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     p.add_argument("--paired", type=int, default=0, help="then N rounds of one request per precision, interleaved")
     args = p.parse_args(argv)
+    if args.prompts is None:
+        slug = "" if args.model == DEFAULT_MODEL else "_" + re.sub(r"[^A-Za-z0-9.-]+", "-", args.model)
+        args.prompts = WORK / f"latency_prompts{slug}.json"
     if args.export_prompts:
-        export_prompts(args.prompts)
+        export_prompts(args.prompts, model=args.model)
         return
     cuda = args.device.startswith("cuda")
     # bf16 on a CPU without AVX-512 BF16 is emulated: over a minute per request here (>24 min for the
@@ -226,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     precisions = args.precisions or (["fp16", "bf16", "8bit", "4bit"] if cuda else ["fp32", "8bit", "4bit"])
     if not args.prompts.is_file():
         _log(f"writing rank prompts to {args.prompts}")
-        export_prompts(args.prompts)
+        export_prompts(args.prompts, model=args.model)
     data = json.loads(args.prompts.read_text())
     prompts, labels = data["prompts"], data["labels"]
     spec = args.model

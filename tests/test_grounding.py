@@ -36,6 +36,18 @@ def test_attribute_explanation_uses_shared_categories():
     assert "popular" in attribute_explanation(ITEMS[0], [], "movie")
 
 
+def test_attribute_explanation_names_untitled_evidence_by_id_and_description():
+    capo = Item("B01", description="reviews mention: capo, spring")
+    strap = Item("B02", description="reviews mention: leather, strap")
+    text = attribute_explanation(capo, [strap, Item("B03")], "product", [strap])
+    assert text == ("You enjoyed product B02 (reviews mention: leather, strap), and users with that taste often "
+                    "choose product B01 (reviews mention: capo, spring).")  # fmt: skip
+    assert (
+        attribute_explanation(capo, [strap], "product")
+        == "product B01 (reviews mention: capo, spring) is popular with users like you."
+    )
+
+
 def test_stated_categories_and_years_must_belong_to_allowed_items():
     m = TitleMatcher(ITEMS + [Item("6", "Titanic", 1997, ("Drama", "Romance")), Item("7", "2001", 1968, ("Sci-Fi",))])
     bad = m.check("Titanic is a gripping horror film from 1985, like the thrillers you watched.", allowed={"6", "1"})

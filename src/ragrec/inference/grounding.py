@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from ragrec.data.text import clean_text
+from ragrec.data.text import clean_text, truncate
 from ragrec.types import Item
 
 __all__ = ["Grounding", "TitleMatcher", "attribute_explanation", "sentences", "repetition", "echoes"]
@@ -342,26 +342,35 @@ def echoes(words: Sequence[str], prompt_words: Sequence[str], share: float = 0.5
     return sum(g in known for g in grams) >= share * len(grams)
 
 
+def _label(item: Item, item_noun: str) -> str:
+    """An item's title, else ``"<noun> <id>"`` plus its description (bounded) in brackets."""
+    if item.title:
+        return clean_text(item.title)
+    what = f" ({truncate(clean_text(item.description), 70)})" if item.description else ""
+    return f"{item_noun} {item.item_id}{what}"
+
+
 def attribute_explanation(
     item: Item, history: Sequence[Item], item_noun: str = "item", evidence: Sequence[Item] = ()
 ) -> str:
     """A grounded explanation built from data alone: the ``evidence`` items (the history items
     that drove the recommendation, strongest first) when given, else the history items that
     share the most categories with ``item`` (else the most recent ones). Used when the model's
-    text fails the check."""
+    text fails the check. Items without a title are named by id, with their description
+    (e.g. what their reviews mention) in brackets."""
     cats = set(item.categories)
     scored = sorted(
         ((len(cats & set(h.categories)), -pos, h) for pos, h in enumerate(reversed(history)) if h.title),
         key=lambda t: (t[0], t[1]),
         reverse=True,
     )
-    picks = [h for h in evidence if h.title][:2] or [h for _, _, h in scored[:2]]
-    name = clean_text(item.title) or f"{item_noun} {item.item_id}"
+    picks = [h for h in evidence if h.title][:2] or [h for _, _, h in scored[:2]] or list(evidence[:1])
+    name = _label(item, item_noun)
     if not picks:
         what = f" ({', '.join(item.categories[:3])})" if item.categories else ""
         return f"{name}{what} is popular with users like you."
     shared = sorted(cats & set().union(*(set(p.categories) for p in picks)))
-    liked = " and ".join(clean_text(p.title) for p in picks)
+    liked = " and ".join(_label(p, item_noun) for p in picks)
     if shared:
         return f"You enjoyed {liked}; {name} is also {', '.join(shared[:3])}."
     return f"You enjoyed {liked}, and users with that taste often choose {name}."
