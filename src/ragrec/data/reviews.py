@@ -58,10 +58,10 @@ def review_terms(
 
     A term counts for an item when at least ``min_reviews`` of the item's reviews use it (an item
     with a single review: that one); terms in fewer than ``min_df`` of all the reviews read (a rare
-    name or typo) and English stop words are never picked. A term whose words (plural ``s`` aside) are all in terms
-    already picked is skipped ("picks" after "pick"; "pop filter" after "pop" and "filter").
-    ``splits``: which interactions' reviews to read; default the training split of split data, every
-    review of data that is not split. Items without reviews are left out of the result."""
+    name or typo) and English stop words are never picked. A term whose words (plural ``s`` aside)
+    are all in terms already picked is skipped ("picks" after "pick"; "pop filter" after "pop" and
+    "filter"). ``splits``: which interactions' reviews to read; default the training split of split
+    data, every review of data that is not split. Items without reviews are left out of the result."""
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer
 

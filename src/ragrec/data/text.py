@@ -64,7 +64,8 @@ def render_item_text(
     that display order). An item without any text renders as ``"item <id>"``. An item with no
     title, year, categories or brand (a catalog of ids) renders as ``"item <id> | <description>"``
     when ``title`` is among ``fields`` and it has a description (also when ``description`` is not
-    among them): otherwise nothing would say what it is (see :func:`ragrec.data.reviews.describe_from_reviews`).
+    among them): otherwise nothing would say what it is
+    (see :func:`ragrec.data.reviews.describe_from_reviews`).
     """
     unknown = set(fields) - set(ITEM_TEXT_FIELDS)
     if unknown:
