@@ -164,7 +164,8 @@ def run(args) -> None:
         f"(5) also pays the lower layers once per example: {once:.3f} s (median). A {epochs}-epoch run thus costs "
         f"{per_example_run:.3f} s per example against {epochs * base:.3f} s for (1) ({epochs * base / per_example_run:.1f}x).",
         "The residual recipe's committed run (benchmarks/results/llm_stage.json) measured 0.553 s/example for the "
-        "cache and 0.252 s per example seen for the top layers, validations included.",
+        "cache and 0.252 s per example seen for the top layers, validations included. Absolute times on this shared "
+        "machine drift between runs (up to 2x between days); compare the ratios within one run.",
     ]
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     written = write_report(Path(args.out) / "throughput", rows, title="Training cost per rank example, by cost cut (ML-100K)",
