@@ -157,14 +157,14 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None, lo
     from ragrec.eval.report import write_report
 
     evals = []
-    for key in SYSTEMS:
-        d = json.loads((ft_dir / f"explain_{key}.json").read_text())
+    scored = {key: json.loads((ft_dir / f"explain_{key}.json").read_text()) for key in SYSTEMS}
+    for d in scored.values():
         flags = {k: np.array(d[k], dtype=bool) if k in d else None for k in ("fallback", "names_evidence")}
         evals.append(ExplanationEval(d["dataset"], d["system"], "test", d["users"], d["items"], d["references"],
                                      d["texts"], np.array(d["grounded"], dtype=bool), d["skipped"], d["seconds"],
                                      d.get("shown"), **flags))  # fmt: skip
     zero, tuned = evals
-    described = json.loads((ft_dir / "explain_tuned.json").read_text()).get("describe", False)
+    described = scored["tuned"].get("describe", False)
     trained = json.loads((ft_dir / "train.json").read_text())
     rows = []
     for ev in evals:
@@ -242,14 +242,11 @@ def report(ft_dir: Path, results: Path = RESULTS, config: dict | None = None, lo
 
 def _logged_rouge(recipe: str) -> list[str]:
     """``"13.93 (2026-12-03, 931e35f)"`` for each logged test run of ``recipe``, oldest first."""
-    if not runlog.RUN_LOG.is_file():
-        return []
     out = []
-    for line in runlog.RUN_LOG.read_text("utf-8").splitlines():
-        entry = json.loads(line) if line.strip() else {}
-        fig = {k: v for k, v in entry.get("figures", {}).items() if k.startswith("fine-tuned") and "rouge_l" in k}
-        if entry.get("recipe") == recipe and fig:
-            out.append(f"{next(iter(fig.values())):.2f} ({entry['date'][:10]}, {entry['commit']})")
+    for entry in runlog.logged_runs(recipe):
+        fig = [v for k, v in entry["figures"].items() if k.startswith("fine-tuned") and "rouge_l" in k]
+        if fig:
+            out.append(f"{fig[0]:.2f} ({entry['date'][:10]}, {entry['commit']})")
     return out
 
 

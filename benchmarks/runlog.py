@@ -72,15 +72,17 @@ def log_test_run(benchmark: str, recipe: str, config: dict[str, Any], figures: d
     return test_runs(recipe)
 
 
+def logged_runs(recipe: str) -> list[dict[str, Any]]:
+    """The run log's entries for ``recipe``, oldest first."""
+    if not RUN_LOG.is_file():
+        return []
+    entries = (json.loads(line) for line in RUN_LOG.read_text("utf-8").splitlines() if line.strip())
+    return [e for e in entries if e.get("recipe") == recipe]
+
+
 def test_runs(recipe: str) -> int:
     """How many test runs of ``recipe`` the run log holds."""
-    if not RUN_LOG.is_file():
-        return 0
-    return sum(
-        1
-        for line in RUN_LOG.read_text("utf-8").splitlines()
-        if line.strip() and json.loads(line).get("recipe") == recipe
-    )
+    return len(logged_runs(recipe))
 
 
 def print_summary(rows, comparisons) -> None:

@@ -42,22 +42,6 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _examples(rec, sc, lists):
-    """(prompt token ids, letter token ids, target index) per list, rendered by the library."""
-    from ragrec.inference.rank import LetterRanker
-    from ragrec.inference.recommender import shown_order
-
-    ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
-    out = []
-    for cl in lists:
-        order = shown_order(cl.candidates)
-        shown = [sc.catalog[cl.candidates[j]] for j in order]
-        texts, labels = ranker.prompts([rec.history_items(sc, cl.history)], [shown], sc.config.item_noun)
-        ids = rec.loaded.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-        out.append((ids, ranker.label_ids(labels[0]), int(np.flatnonzero(order == cl.target)[0])))
-    return out
-
-
 def _timed(fn, examples, warmup: int = 2) -> list[float]:
     for ex in examples[:warmup]:
         fn(ex)
@@ -81,7 +65,7 @@ def run(args) -> None:
     from llm_rank import _scenario
 
     from ragrec.eval.report import write_report
-    from ragrec.finetune.residual import SplitModel, serving_lists
+    from ragrec.finetune.residual import SplitModel, render_lists, serving_lists
     from ragrec.inference import load_model
     from ragrec.inference.recommender import Recommender, RecommenderConfig
 
@@ -92,27 +76,27 @@ def run(args) -> None:
     compact_rec = Recommender(
         default.loaded, [sc], RecommenderConfig(model=args.model, max_history=12, max_item_chars=60)
     )
-    full, compact = _examples(default, sc, lists), _examples(compact_rec, sc, lists)
+    full, compact = render_lists(default, sc, lists), render_lists(compact_rec, sc, lists)
     model = default.loaded.model
     n_layers = model.config.num_hidden_layers
     rows, seconds = [], {}
 
     def step_classic(ex):  # causal-LM loss on the answer letter, all positions' logits
-        ids, letters, target = ex
-        x = torch.tensor([ids + [letters[target]]])
+        answer = ex.letter_ids[ex.target]
+        x = torch.tensor([ex.input_ids + [answer]])
         labels = torch.full_like(x, -100)
-        labels[0, -1] = letters[target]
+        labels[0, -1] = answer
         peft(input_ids=x, labels=labels).loss.backward()
 
-    def step_answer_only(ex):  # the letter rows at the answer position, through the whole model
-        ids, letters, target = ex
-        logits = split_all.upper(split_all.lower(ids), letters)  # layer 0 holds no LoRA: no gradient needed
-        torch.nn.functional.cross_entropy(logits[None], torch.tensor([target])).backward()
+    def letter_step(split, hidden, ex):  # cross-entropy over the letter rows at the answer position
+        logits = split.upper(hidden, ex.letter_ids)
+        torch.nn.functional.cross_entropy(logits[None], torch.tensor([ex.target])).backward()
+
+    def step_answer_only(ex):  # through the whole model (layer 0 holds no LoRA: no gradient needed)
+        letter_step(split_all, split_all.lower(ex.input_ids), ex)
 
     def step_top(ex):  # lower layers without gradient, every step
-        ids, letters, target = ex
-        logits = split_top.upper(split_top.lower(ids), letters)
-        torch.nn.functional.cross_entropy(logits[None], torch.tensor([target])).backward()
+        letter_step(split_top, split_top.lower(ex.input_ids), ex)
 
     # 1-3: LoRA on the last 12 layers
     peft = _peft(model, list(range(n_layers - 12, n_layers)))
@@ -135,22 +119,19 @@ def run(args) -> None:
     seconds[name] = _timed(step_top, compact)
     name5 = "(5) + lower layers cached: each step runs the top 4 layers"
     _log(name5)
-    cache = {j: split_top.lower(ex[0]) for j, ex in enumerate(compact)}
-    lower_once = _timed(lambda ex: split_top.lower(ex[0]), compact, warmup=0)
-
-    def step_cached(j):
-        _, letters, target = compact[j]
-        logits = split_top.upper(cache[j], letters)
-        torch.nn.functional.cross_entropy(logits[None], torch.tensor([target])).backward()
-
-    seconds[name5] = _timed(step_cached, list(range(len(compact))))
+    cache, lower_once = [], []  # the one-off pass, timed as it fills the cache
+    for ex in compact:
+        start = time.perf_counter()
+        cache.append(split_top.lower(ex.input_ids))
+        lower_once.append(time.perf_counter() - start)
+    seconds[name5] = _timed(lambda j: letter_step(split_top, cache[j], compact[j]), list(range(len(compact))))
     base = statistics.median(seconds[setups[0][0]])
     for name, times in seconds.items():
         exs = full if name.startswith("(1)") else compact
         med = statistics.median(times)
         rows.append({"dataset": "ml-100k", "system": name, "split": "valid", "examples": len(times), "seconds_median": round(med, 4),
                      "seconds_p90": round(float(np.percentile(times, 90)), 4),
-                     "prompt_tokens": int(round(float(np.mean([len(e[0]) for e in exs])))),
+                     "prompt_tokens": int(round(float(np.mean([len(e.input_ids) for e in exs])))),
                      "speedup_vs_classic": round(base / med, 2)})  # fmt: skip
     once = statistics.median(lower_once)
     epochs = 2

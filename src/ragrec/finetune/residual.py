@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -62,6 +62,8 @@ __all__ = [
     "fold_histories",
     "serving_lists",
     "residual_examples",
+    "RenderedList",
+    "render_lists",
     "SplitModel",
     "train_residual",
     "finetune_residual",
@@ -188,26 +190,47 @@ class ResidualExample:
     shown: tuple[str, ...]
 
 
-def residual_examples(
-    rec: Recommender, sc: Scenario, lists: Sequence[CandidateList], fusion: FusionModel, priors: ItemPriors | dict
-) -> list[ResidualExample]:
-    """Render ``lists`` in their shown order with the recommender's rank template and budget;
-    ``priors`` is one :class:`ItemPriors` or one per fold (keyed by ``str(fold)``)."""
-    if fusion.uses_llm:
-        raise RagrecError("the residual ranker's fixed fusion must not use the LLM's score")
+class RenderedList(NamedTuple):
+    """A candidate list as the LLM sees it: the shown order (:func:`shown_order`), the prompt's token
+    ids, the shown candidates' letter token ids and the target's shown index (-1: a miss)."""
+
+    order: np.ndarray
+    input_ids: list[int]
+    letter_ids: list[int]
+    target: int
+
+
+def render_lists(rec: Recommender, sc: Scenario, lists: Sequence[CandidateList]) -> list[RenderedList]:
+    """``lists`` in their shown order, rendered with the recommender's rank template and budget."""
     ranker = LetterRanker(rec.loaded, rec.template(sc, "rank"), budget=rec.budget)
     tok = rec.loaded.tokenizer
     out = []
     for cl in lists:
         order = shown_order(cl.candidates)
-        shown = [cl.candidates[j] for j in order]
-        p = priors[str(cl.fold)] if isinstance(priors, dict) else priors
-        base = fusion.score(p.features(cl.history, shown, cl.retriever[order], None, fusion.names, fusion.max_history))
-        texts, labels = ranker.prompts([rec.history_items(sc, cl.history)], [[sc.catalog[i] for i in shown]],
-                                       sc.config.item_noun)  # fmt: skip
+        texts, labels = ranker.prompts([rec.history_items(sc, cl.history)],
+                                       [[sc.catalog[cl.candidates[j]] for j in order]], sc.config.item_noun)  # fmt: skip
         target = int(np.flatnonzero(order == cl.target)[0]) if cl.target >= 0 else -1
-        out.append(ResidualExample(cl.user_id, tok(texts[0], add_special_tokens=False)["input_ids"],
-                                   ranker.label_ids(labels[0]), base.astype(np.float32), target, tuple(shown)))  # fmt: skip
+        out.append(RenderedList(order, tok(texts[0], add_special_tokens=False)["input_ids"],
+                                ranker.label_ids(labels[0]), target))  # fmt: skip
+    return out
+
+
+def residual_examples(
+    rec: Recommender, sc: Scenario, lists: Sequence[CandidateList], fusion: FusionModel, priors: ItemPriors | dict
+) -> list[ResidualExample]:
+    """Render ``lists`` in their shown order with the recommender's rank template and budget
+    (:func:`render_lists`); ``priors`` is one :class:`ItemPriors` or one per fold (keyed by ``str(fold)``)."""
+    if fusion.uses_llm:
+        raise RagrecError("the residual ranker's fixed fusion must not use the LLM's score")
+    out = []
+    for cl, r in zip(lists, render_lists(rec, sc, lists)):
+        shown = [cl.candidates[j] for j in r.order]
+        p = priors[str(cl.fold)] if isinstance(priors, dict) else priors
+        base = fusion.score(
+            p.features(cl.history, shown, cl.retriever[r.order], None, fusion.names, fusion.max_history)
+        )
+        out.append(ResidualExample(cl.user_id, r.input_ids, r.letter_ids, base.astype(np.float32), r.target,
+                                   tuple(shown)))  # fmt: skip
     return out
 
 
