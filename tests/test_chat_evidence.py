@@ -142,6 +142,12 @@ def test_echo_of_the_prompt_is_refused():
     assert m.check("1. Fargo (1996) | Crime, Drama\n2.", {"6"}, about={"6"}).echo
     assert m.check("- Fargo, 1996.", {"6"}, about={"6"}).echo
     assert not m.check("Fargo (1996) is dark - and funny.", {"6"}, about={"6"}).echo
+    # talk about the exchange, or a line broken mid-sentence (make demo's zero-shot chat once showed this)
+    assert m.check("The best answer is indeed Fargo.", {"6"}, about={"6"}).echo
+    assert m.check("Fargo has been added to the list of movies.", {"6"}, about={"6"}).echo
+    assert m.check("Fargo is dark and funny\nThis one is next.", {"6"}, about={"6"}).echo
+    assert not m.check("Fargo is dark and funny.\nIt is also short.", {"6"}, about={"6"}).echo
+    assert not m.check("It answers your taste for crime: Fargo is next.", {"6"}, about={"6"}).echo
 
 
 def test_stream_emits_only_checked_sentences():

@@ -53,7 +53,12 @@ _LIST_LINE = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*\u2022])\s|\s\|\s")
 _COMMON = frozenset(["the", "a", "an", "of", "and", "in", "on", "to", "for", "with", "my", "your", "you", "i", "it",
                      "is", "are", "was", "be", "this", "that", "these", "those", "from", "at", "by", "as", "or", "but",
                      "not", "no", "so", "if", "all", "one", "two", "some", "more", "most", "very"])  # fmt: skip
-_META = re.compile(r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b", re.I)
+# Talk about the exchange instead of the items ("the user's question", "The best answer is", "added to
+# the list"), or a line that ends without punctuation inside the text (a heading, a list row).
+_META = re.compile(
+    r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b"
+    r"|\b(?:the|this|my|your) (?:best |correct |right |final )?(?:answer|response)\b|\b(?:added|add) to (?:the|a|your) list\b"
+    r"|[^\s.!?;\"'\u201d\u2019)\]][ \t]*\n[ \t]*\S", re.I)  # fmt: skip
 
 
 def _norm(text: str) -> str:
@@ -88,7 +93,7 @@ class Grounding:
     unsupported: tuple[str, ...] = ()
     misattributed: tuple[str, ...] = ()  # recommended items presented as part of the user's past
     degenerate: str | None = None  # the repetition found, if any
-    echo: bool = False  # the text mostly repeats the prompt, or talks about the prompt
+    echo: bool = False  # the text repeats the prompt, copies its layout or talks about the exchange
 
     @property
     def grounded(self) -> bool:
@@ -109,7 +114,7 @@ class Grounding:
         if self.degenerate:
             parts.append(f"wrote degenerate text ({self.degenerate})")
         if self.echo:
-            parts.append("repeated the prompt instead of answering")
+            parts.append("repeated the prompt or talked about the exchange instead of answering")
         return "the model " + " and ".join(parts) if parts else ""
 
 
@@ -258,7 +263,8 @@ class TitleMatcher:
         With ``history``, an item outside it that the text presents as seen ("you watched X") is
         refused; with ``prompt`` (the instructions and the user's message, not the data), text that
         mostly repeats it is, and so is text that copies the prompt's list layout (numbered or bulleted
-        lines, "Title | categories"). Degenerate repetition is always refused."""
+        lines, "Title | categories"), and text that talks about the exchange ("the best answer is",
+        "added to the list") or breaks a line mid-sentence. Degenerate repetition is always refused."""
         cited = self.cited(text)
         unknown = []
         for span in _QUOTED.findall(text):
