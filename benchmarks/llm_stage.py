@@ -126,6 +126,8 @@ def run(args) -> None:
     comparisons = [("(h) - (e)", compare(h, e)), ("(h) - (a)", compare(h, a)), ("(c') - (g)", compare(c, g)),
                    ("(e) - (a)", compare(e, a))]  # fmt: skip
     rows = [{**r.row(), "candidate_recall@20": round(float(np.isfinite(r.ranks).mean()), 6)} for r in results]
+    slices = cold_slices({r.system: r.ranks for r in results}, [sc.data.targets(split)[u] for u in a.users],
+                         priors_t.popularity)  # fmt: skip
     bias = slot_bias(test)
     before = _before_seconds()
     timing = {**result.timing, "render_seconds_per_example": render_seconds, "serve_seconds_per_user": serve_seconds,
@@ -154,6 +156,7 @@ def run(args) -> None:
         "priors_alone": fusion_g.model_dump(),
         "position_bias": bias.as_dict(),
         "ratio_h_over_a": round(ratio, 4),
+        "slices": slices,
         "recommend_agrees": f"{agree}/{len(check)}",
         "per_user": f"{args.name}_per_user.csv",
     }
@@ -171,6 +174,7 @@ def run(args) -> None:
         f"{tokens['compact']:.0f} tokens (default budget {tokens['default_budget']:.0f})"
         + (f"; the earlier full-model recipe: {before:.2f} s/example" if before else "")
         + ".",
+        slices_note(slices),
         "Position bias of the fine-tuned LLM column, by the candidate's slot in the retriever's order (the LLM saw a "
         f"shuffle): {bias.summary()}.",
     ]
@@ -179,6 +183,31 @@ def run(args) -> None:
                  comparisons=comparisons, notes=notes, extra=extra,
                  targets=[sc.data.targets(split)[u] for u in a.users])  # fmt: skip
     print_summary(rows, comparisons)
+
+
+def cold_slices(ranks: dict[str, np.ndarray], targets, popularity) -> dict:
+    """The report's rows on the users whose target is a cold-start item (fewer than ``COLD``
+    interactions in the histories the models see) and on the others, with (h) - (e), (h) - (a)
+    and (c') - (g) there; ``ranks``: per-user target ranks by system, in the report's row order."""
+    from rerank_stage import cold_targets, slice_figures
+
+    a, e, h, c, g = ranks
+    pairs = [("(h) - (e)", h, e), ("(h) - (a)", h, a), ("(c') - (g)", c, g)]
+    cold = cold_targets(popularity, targets)
+    return {"cold_target": slice_figures(ranks, cold, pairs), "warm_target": slice_figures(ranks, ~cold, pairs)}
+
+
+def slices_note(slices: dict) -> str:
+    from rerank_stage import COLD
+
+    cold = slices["cold_target"]
+    return (f"Cold-start slice (targets with fewer than {COLD} interactions in the histories the models see): "
+            f"{cold['users']} users; NDCG@10 " + ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in
+                                                         cold["ndcg@10"].items() if v is not None)
+            + "; " + "; ".join(f"{k} {cold[k]}" for k in ("(h) - (e)", "(h) - (a)", "(c') - (g)") if k in cold)
+            + f". The other {slices['warm_target']['users']} users: NDCG@10 "
+            + ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in slices["warm_target"]["ndcg@10"].items()
+                        if v is not None) + ".")  # fmt: skip
 
 
 def _before_seconds() -> float | None:

@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,22 +99,26 @@ def parse_dataset_args(p: argparse.ArgumentParser, argv: list[str] | None) -> ar
 COLD = 5  # a target with fewer interactions than this in the known histories is a cold-start target
 
 
-def _slice(results, mask: np.ndarray) -> dict:
-    """Users, NDCG@10 and candidate recall of each system on the users in ``mask``, and the paired
-    bootstrap CI of (l) - (l-) and (l) - (a) there."""
+def cold_targets(counts, targets) -> np.ndarray:
+    """Which ``targets`` are cold-start: fewer than ``COLD`` interactions in ``counts`` (the item
+    priors' popularity over the histories the models see)."""
+    return np.array([counts.get(t, 0) < COLD for t in targets], dtype=bool)
+
+
+def slice_figures(ranks: dict[str, np.ndarray], mask: np.ndarray, pairs: Sequence[tuple[str, str, str]]) -> dict:
+    """Users, NDCG@10 and candidate recall of each system (``ranks``: per-user target ranks by system
+    name) on the users in ``mask``, and the paired bootstrap CI of each ``(label, x, y)`` in ``pairs``
+    (x - y) there."""
     from ragrec.eval.metrics import paired_bootstrap, per_user
 
     out = {"users": int(mask.sum()), "ndcg@10": {}, "candidate_recall@20": {}}
-    for r in results:
-        out["ndcg@10"][r.system] = round(float(per_user(r.ranks[mask], "ndcg@10").mean()), 6) if mask.any() else None
-        out["candidate_recall@20"][r.system] = (
-            round(float(np.isfinite(r.ranks[mask]).mean()), 6) if mask.any() else None
-        )
-    a, lm, ll = results[0], results[2], results[3]
-    for name, x, y in (("(l) - (l-)", ll, lm), ("(l) - (a)", ll, a)):
+    for system, r in ranks.items():
+        out["ndcg@10"][system] = round(float(per_user(r[mask], "ndcg@10").mean()), 6) if mask.any() else None
+        out["candidate_recall@20"][system] = round(float(np.isfinite(r[mask]).mean()), 6) if mask.any() else None
+    for label, x, y in pairs:
         if mask.sum() > 1:
-            b = paired_bootstrap(per_user(x.ranks[mask], "ndcg@10"), per_user(y.ranks[mask], "ndcg@10"))
-            out[name] = f"{b.difference:+.4f} [{b.low:+.4f}, {b.high:+.4f}]"
+            b = paired_bootstrap(per_user(ranks[x][mask], "ndcg@10"), per_user(ranks[y][mask], "ndcg@10"))
+            out[label] = f"{b.difference:+.4f} [{b.low:+.4f}, {b.high:+.4f}]"
     return out
 
 
@@ -195,9 +200,10 @@ def run(args) -> None:
         if agree != checked:
             raise SystemExit(f"recommend() differs from the scored path for {checked - agree} of {checked} users")
     rows = [{**r.row(), "candidate_recall@20": round(float(np.isfinite(r.ranks).mean()), 6)} for r in results]
-    counts = priors.popularity
-    cold = np.array([counts.get(t, 0) < COLD for t in (sc.data.targets(split)[u] for u in a.users)])
-    slices = {"cold_target": _slice(results, cold), "warm_target": _slice(results, ~cold)}
+    cold = cold_targets(priors.popularity, [sc.data.targets(split)[u] for u in a.users])
+    ranks = {r.system: r.ranks for r in results}
+    pairs = [("(l) - (l-)", results[3].system, results[2].system), ("(l) - (a)", results[3].system, a.system)]
+    slices = {"cold_target": slice_figures(ranks, cold, pairs), "warm_target": slice_figures(ranks, ~cold, pairs)}
     ratio = served.metrics((10,))["ndcg@10"] / max(a.metrics((10,))["ndcg@10"], 1e-12)
     runs = 0
     if split == "test":
