@@ -145,6 +145,8 @@ def test_echo_of_the_prompt_is_refused():
     # talk about the exchange, or a line broken mid-sentence (make demo's zero-shot chat once showed this)
     assert m.check("The best answer is indeed Fargo.", {"6"}, about={"6"}).echo
     assert m.check("Fargo has been added to the list of movies.", {"6"}, about={"6"}).echo
+    assert m.check("Your message is not suitable for a movie night.", {"6"}, about={"6"}).echo
+    assert m.check("But I'm asking about the first one: Fargo.", {"6"}, about={"6"}).echo
     assert m.check("Fargo is dark and funny\nThis one is next.", {"6"}, about={"6"}).echo
     assert not m.check("Fargo is dark and funny.\nIt is also short.", {"6"}, about={"6"}).echo
     assert not m.check("It answers your taste for crime: Fargo is next.", {"6"}, about={"6"}).echo

@@ -56,7 +56,7 @@ _COMMON = frozenset(["the", "a", "an", "of", "and", "in", "on", "to", "for", "wi
 # Talk about the exchange instead of the items ("the user's question", "The best answer is", "added to
 # the list"), or a line that ends without punctuation inside the text (a heading, a list row).
 _META = re.compile(
-    r"\bthe user'?s? (?:question|message|request)\b|\bas an ai\b|\blanguage model\b"
+    r"\b(?:the user'?s?|your) (?:question|message|request)\b|\bI(?:'m| am) asking\b|\bas an ai\b|\blanguage model\b"
     r"|\b(?:the|this|my|your) (?:best |correct |right |final )?(?:answer|response)\b|\b(?:added|add) to (?:the|a|your) list\b"
     r"|[^\s.!?;\"'\u201d\u2019)\]][ \t]*\n[ \t]*\S", re.I)  # fmt: skip
 
