@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import runlog
-from rerank_stage import add_dataset_options, parse_dataset_args
+from rerank_stage import add_dataset_options, parse_dataset_args, slice_note
 from runlog import log_test_run, print_summary, provenance
 
 HERE = Path(__file__).resolve().parent
@@ -174,7 +174,7 @@ def run(args) -> None:
         f"{tokens['compact']:.0f} tokens (default budget {tokens['default_budget']:.0f})"
         + (f"; the earlier full-model recipe: {before:.2f} s/example" if before else "")
         + ".",
-        slices_note(slices),
+        slice_note(slices, SLICE_COMPARISONS),
         "Position bias of the fine-tuned LLM column, by the candidate's slot in the retriever's order (the LLM saw a "
         f"shuffle): {bias.summary()}.",
     ]
@@ -185,29 +185,20 @@ def run(args) -> None:
     print_summary(rows, comparisons)
 
 
+SLICE_COMPARISONS = ("(h) - (e)", "(h) - (a)", "(c') - (g)")
+
+
 def cold_slices(ranks: dict[str, np.ndarray], targets, popularity) -> dict:
-    """The report's rows on the users whose target is a cold-start item (fewer than ``COLD``
-    interactions in the histories the models see) and on the others, with (h) - (e), (h) - (a)
-    and (c') - (g) there; ``ranks``: per-user target ranks by system, in the report's row order."""
+    """The report's rows on the users whose target is a cold-start item (fewer than
+    ``rerank_stage.COLD`` interactions in the histories the models see) and on the others, with
+    :data:`SLICE_COMPARISONS` there; ``ranks``: per-user target ranks by system, in the report's
+    row order (a), (e), (h), (c'), (g)."""
     from rerank_stage import cold_targets, slice_figures
 
     a, e, h, c, g = ranks
-    pairs = [("(h) - (e)", h, e), ("(h) - (a)", h, a), ("(c') - (g)", c, g)]
+    pairs = list(zip(SLICE_COMPARISONS, (h, h, c), (e, a, g)))
     cold = cold_targets(popularity, targets)
     return {"cold_target": slice_figures(ranks, cold, pairs), "warm_target": slice_figures(ranks, ~cold, pairs)}
-
-
-def slices_note(slices: dict) -> str:
-    from rerank_stage import COLD
-
-    cold = slices["cold_target"]
-    return (f"Cold-start slice (targets with fewer than {COLD} interactions in the histories the models see): "
-            f"{cold['users']} users; NDCG@10 " + ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in
-                                                         cold["ndcg@10"].items() if v is not None)
-            + "; " + "; ".join(f"{k} {cold[k]}" for k in ("(h) - (e)", "(h) - (a)", "(c') - (g)") if k in cold)
-            + f". The other {slices['warm_target']['users']} users: NDCG@10 "
-            + ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in slices["warm_target"]["ndcg@10"].items()
-                        if v is not None) + ".")  # fmt: skip
 
 
 def _before_seconds() -> float | None:

@@ -122,6 +122,23 @@ def slice_figures(ranks: dict[str, np.ndarray], mask: np.ndarray, pairs: Sequenc
     return out
 
 
+def slice_note(slices: dict, comparisons: Sequence[str], warm: bool = True) -> str:
+    """The report line of :func:`slice_figures`' cold and warm slices: NDCG@10 per system (by its
+    label's "(x)" prefix) and the ``comparisons`` named, on the cold slice; with ``warm``, the
+    other users' NDCG@10 too."""
+
+    def ndcg(part: dict) -> str:
+        return ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in part["ndcg@10"].items() if v is not None)
+
+    cold = slices["cold_target"]
+    text = (f"Cold-start slice (targets with fewer than {COLD} interactions in the histories the models see): "
+            f"{cold['users']} users; NDCG@10 {ndcg(cold)}; "
+            + "; ".join(f"{k} {cold[k]}" for k in comparisons if k in cold) + ".")  # fmt: skip
+    if warm:
+        text += f" The other {slices['warm_target']['users']} users: NDCG@10 {ndcg(slices['warm_target'])}."
+    return text
+
+
 def run(args) -> None:
     from ragrec.eval.llm import LLMScores, llm_results, split_priors
     from ragrec.eval.protocol import beyond_context
@@ -232,10 +249,7 @@ def run(args) -> None:
         f"{split}: {ratio:.3f}."
         + (f" recommend() gave the scored lists for {agree}/{checked} checked users." if agree is not None else ""),
         f"Share of the (l) model's split gain taken by the LLM features: {llm_share:.1%} ({imp}).",
-        f"Cold-start slice (targets with fewer than {COLD} interactions in the histories the models see): "
-        f"{slices['cold_target']['users']} users; NDCG@10 "
-        + ", ".join(f"{k.split(')')[0]}) {v:.4f}" for k, v in slices["cold_target"]["ndcg@10"].items())
-        + f"; (l) - (l-) {slices['cold_target']['(l) - (l-)']}.",
+        slice_note(slices, ["(l) - (l-)"], warm=False),
         f"Fit time (lists, LLM item vectors, both models): {fit_seconds / 60:.1f} min on this CPU; timing {fit.timing}.",
     ]
     where = Path(args.out) if args.out else RESULTS
